@@ -1,0 +1,250 @@
+"""Configuration: a TOML file, then environment overrides, into typed dataclasses.
+
+Every setting ``section.sub.name`` can be overridden by the environment variable
+``STREAM_PROXY_SECTION_SUB_NAME`` (upper case, dots become underscores), for example
+``STREAM_PROXY_STORAGE_S3_BUCKET``. Sizes accept integers or strings such as
+``"6MiB"``. S3 credentials are never read from here: botocore's standard chain
+(environment, profile, instance role) supplies them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ENV_PREFIX = "STREAM_PROXY_"
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+S3_MIN_PART_SIZE = 5 * MiB
+S3_MAX_PART_SIZE = 5 * GiB
+
+
+class ConfigError(Exception):
+    """A setting is missing, unknown or invalid; str() is a one-line explanation."""
+
+
+class ByteSize(int):
+    """An int setting that also accepts '6MiB', '512 KiB', '1GB' and the like."""
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": MiB,
+    "gib": GiB,
+    "tib": 1024 * GiB,
+}
+
+
+def parse_size(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (use e.g. 6291456 or '6MiB')")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # 0 means no limit; S3's own limit of 5 TiB per object still applies.
+    max_upload_bytes: ByteSize = ByteSize(0)
+    # Seconds to let in-flight requests finish on shutdown.
+    shutdown_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    root: Path = Path("./data")
+
+
+@dataclass(frozen=True)
+class S3Config:
+    bucket: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: str = "auto"
+    part_size: ByteSize = ByteSize(6 * MiB)
+    max_concurrency: int = 4
+    # Bytes of part buffers the whole process may hold; past it, uploads stop
+    # reading from their clients until parts have been sent.
+    memory_budget: ByteSize = ByteSize(256 * MiB)
+    max_pool_connections: int = 500
+    connect_timeout: float = 10.0
+    read_timeout: float = 900.0
+    retry_mode: str = "standard"
+    max_attempts: int = 5
+    request_checksum_calculation: str = "when_supported"
+    response_checksum_validation: str = "when_supported"
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    backend: str = "local"
+    local: LocalConfig = field(default_factory=LocalConfig)
+    s3: S3Config = field(default_factory=S3Config)
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (if given), apply environment overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    overrides = _env_overrides(Config, (), os.environ if environ is None else environ)
+    config: Config = _build(Config, _merge(raw, overrides), ())
+    _validate(config)
+    return config
+
+
+def _env_overrides(cls: type, path: tuple[str, ...], environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, hint in get_type_hints(cls).items():
+        here = (*path, name)
+        if dataclasses.is_dataclass(hint):
+            nested = _env_overrides(hint, here, environ)  # type: ignore[arg-type]
+            if nested:
+                out[name] = nested
+            continue
+        var = ENV_PREFIX + "_".join(here).upper()
+        if var in environ:
+            out[name] = environ[var]
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _build(cls: type, raw: Any, path: tuple[str, ...]) -> Any:
+    where = ".".join(path) or "top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table")
+    hints = get_type_hints(cls)
+    unknown = sorted(set(raw) - set(hints))
+    if unknown:
+        raise ConfigError(f"{'.'.join((*path, unknown[0]))}: unknown setting")
+    values = {}
+    for name, hint in hints.items():
+        if name not in raw:
+            continue
+        here = (*path, name)
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw[name], here)  # type: ignore[arg-type]
+        else:
+            values[name] = _coerce(hint, raw[name], ".".join(here))
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, name: str) -> Any:
+    optional = hint in (str | None, Path | None)
+    if optional and value in ("", None):
+        return None
+    target = {str | None: str, Path | None: Path}.get(hint, hint)
+    try:
+        if target is ByteSize:
+            if isinstance(value, bool):
+                raise ValueError("expected a size")
+            return ByteSize(parse_size(value) if isinstance(value, str) else int(value))
+        if target is bool:
+            return _to_bool(value)
+        if target in (int, float):
+            if isinstance(value, bool):
+                raise ValueError(f"expected a number, got {value!r}")
+            return target(value)
+        if target is str:
+            if not isinstance(value, str):
+                raise ValueError(f"expected a string, got {value!r}")
+            return value
+        if target is Path:
+            return Path(str(value))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    raise ConfigError(f"{name}: unsupported setting type {hint!r}")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return value.lower() in ("1", "true", "yes", "on")
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+_CHECKSUM_MODES = ("when_supported", "when_required")
+
+
+def _validate(config: Config) -> None:
+    server, storage, s3 = config.server, config.storage, config.storage.s3
+    checks: list[tuple[bool, str]] = [
+        (0 <= server.port <= 65535, f"server.port: must be 0-65535, got {server.port}"),
+        (server.max_upload_bytes >= 0, "server.max_upload_bytes: must not be negative"),
+        (
+            storage.backend in ("local", "s3"),
+            f"storage.backend: must be 'local' or 's3', got {storage.backend!r}",
+        ),
+        (
+            storage.backend != "s3" or bool(s3.bucket),
+            "storage.s3.bucket: required when storage.backend is 's3'",
+        ),
+        (
+            S3_MIN_PART_SIZE <= s3.part_size <= S3_MAX_PART_SIZE,
+            f"storage.s3.part_size: must be between 5 MiB and 5 GiB, got {s3.part_size}",
+        ),
+        (s3.max_concurrency >= 1, "storage.s3.max_concurrency: must be at least 1"),
+        (s3.memory_budget >= s3.part_size, "storage.s3.memory_budget: must be at least storage.s3.part_size"),
+        (s3.max_pool_connections >= 1, "storage.s3.max_pool_connections: must be at least 1"),
+        (s3.max_attempts >= 1, "storage.s3.max_attempts: must be at least 1"),
+        (
+            s3.retry_mode in ("legacy", "standard", "adaptive"),
+            f"storage.s3.retry_mode: must be legacy, standard or adaptive, got {s3.retry_mode!r}",
+        ),
+        (
+            s3.addressing_style in ("auto", "path", "virtual"),
+            f"storage.s3.addressing_style: must be auto, path or virtual, got {s3.addressing_style!r}",
+        ),
+        (
+            s3.request_checksum_calculation in _CHECKSUM_MODES,
+            "storage.s3.request_checksum_calculation: must be when_supported or when_required",
+        ),
+        (
+            s3.response_checksum_validation in _CHECKSUM_MODES,
+            "storage.s3.response_checksum_validation: must be when_supported or when_required",
+        ),
+        (
+            s3.connect_timeout > 0 and s3.read_timeout > 0,
+            "storage.s3.connect_timeout/read_timeout: must be positive",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

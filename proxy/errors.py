@@ -1,0 +1,71 @@
+"""Every error leaves the proxy as JSON: {"error": "...", "message": "..."}."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from proxy.keys import InvalidKey
+from proxy.storage.base import KeyConflict, ObjectNotFound, ObjectTooLarge, UpstreamError
+from proxy.streams import BodyTooLarge
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.extra = extra
+
+
+def json_error(status: int, error: str, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": error, "message": message, **extra}, status=status)
+
+
+# Exceptions the storage layer and body helpers raise on purpose, and their answers.
+_MAPPED: list[tuple[type[Exception], int, str]] = [
+    (InvalidKey, 400, "invalid_key"),
+    (ObjectNotFound, 404, "not_found"),
+    (KeyConflict, 409, "key_conflict"),
+    (BodyTooLarge, 413, "too_large"),
+    (ObjectTooLarge, 413, "too_large"),
+    (UpstreamError, 502, "upstream_error"),
+]
+
+
+def to_api_error(exc: Exception) -> ApiError | None:
+    if isinstance(exc, ApiError):
+        return exc
+    for cls, status, error in _MAPPED:
+        if isinstance(exc, cls):
+            message = f"no object at {exc}" if isinstance(exc, ObjectNotFound) else str(exc)
+            return ApiError(status, error, message)
+    return None
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = json_error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except Exception as exc:
+        api = to_api_error(exc)
+        if api is None:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return json_error(500, "internal_error", "the server failed; see its log")
+        if api.status >= 500:
+            log.warning("%s %s: %s", request.method, request.path, api.message)
+        return json_error(api.status, api.error, api.message, **api.extra)

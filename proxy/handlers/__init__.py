@@ -1,0 +1,1 @@
+"""HTTP handlers: thin translations between requests and the storage interface."""

@@ -1,0 +1,130 @@
+"""Upload and delete endpoints under /files."""
+
+from __future__ import annotations
+
+import mimetypes
+from collections.abc import AsyncIterator
+
+from aiohttp import BodyPartReader, web
+from aiohttp.multipart import MultipartReader
+
+from proxy.errors import ApiError
+from proxy.keys import InvalidKey, sanitize_filename, validate_key, validate_prefix
+from proxy.storage.base import Storage
+from proxy.streams import BodyTooLarge, limited
+
+STORAGE: web.AppKey[Storage] = web.AppKey("storage", Storage)
+MAX_UPLOAD: web.AppKey[int] = web.AppKey("max_upload_bytes", int)
+READ_CHUNK = 256 * 1024
+
+
+def _key(request: web.Request) -> str:
+    return validate_key(request.match_info["key"])
+
+
+def _content_type(declared: str | None, key: str) -> str:
+    if declared and declared != "application/octet-stream":
+        return declared
+    return mimetypes.guess_type(key)[0] or declared or "application/octet-stream"
+
+
+def _limit(request: web.Request, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    limit = request.app[MAX_UPLOAD]
+    return limited(body, limit) if limit else body
+
+
+async def _request_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    while chunk := await request.content.readany():
+        yield chunk
+
+
+async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while True:
+        try:
+            chunk = await part.read_chunk(READ_CHUNK)
+        except ValueError as exc:  # aiohttp's parser reports bad framing this way
+            raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from None
+        if not chunk:
+            return
+        yield chunk
+
+
+async def put_file(request: web.Request) -> web.Response:
+    key = _key(request)
+    limit = request.app[MAX_UPLOAD]
+    size = request.content_length
+    if limit and size is not None and size > limit:
+        raise BodyTooLarge(limit)
+    declared = request.headers.get("Content-Type")
+    info = await request.app[STORAGE].write(
+        key,
+        _limit(request, _request_chunks(request)),
+        content_type=_content_type(declared, key),
+        size=size,
+    )
+    return web.json_response(info.as_json(), status=201)
+
+
+async def post_files(request: web.Request) -> web.Response:
+    prefix = request.match_info.get("prefix", "")
+    try:
+        validate_prefix(prefix)
+    except InvalidKey as exc:
+        raise ApiError(400, "invalid_key", str(exc)) from None
+    if not request.content_type.startswith("multipart/form-data"):
+        raise ApiError(415, "unsupported_media_type", "POST needs a multipart/form-data body")
+    try:
+        reader = await request.multipart()
+    except (ValueError, AssertionError, KeyError) as exc:
+        raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from None
+    storage = request.app[STORAGE]
+    stored: list[dict[str, object]] = []
+    # One limit for the whole request body, however many files it holds.
+    remaining = request.app[MAX_UPLOAD]
+    try:
+        async for part in _parts(reader):
+            if part.filename is None:
+                await part.release()
+                continue
+            key = validate_key(prefix + sanitize_filename(part.filename))
+            body: AsyncIterator[bytes] = _part_chunks(part)
+            if remaining:
+                body = limited(body, remaining)
+            info = await storage.write(
+                key, body, content_type=_content_type(part.headers.get("Content-Type"), key)
+            )
+            if remaining:
+                remaining = max(1, remaining - info.size)
+            stored.append(info.as_json())
+    except ApiError as exc:
+        exc.extra.setdefault("stored", [f["key"] for f in stored])
+        raise
+    if not stored:
+        raise ApiError(400, "no_files", "the multipart body has no file part")
+    return web.json_response({"files": stored}, status=201)
+
+
+async def _parts(reader: MultipartReader) -> AsyncIterator[BodyPartReader]:
+    while True:
+        try:
+            part = await reader.next()
+        except (ValueError, AssertionError) as exc:
+            raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from None
+        if part is None:
+            return
+        if not isinstance(part, BodyPartReader):
+            raise ApiError(400, "bad_multipart", "nested multipart bodies are not supported")
+        yield part
+
+
+async def delete_file(request: web.Request) -> web.Response:
+    await request.app[STORAGE].delete(_key(request))
+    return web.Response(status=204)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_put("/files/{key:.+}", put_file)
+    app.router.add_delete("/files/{key:.+}", delete_file)
+    app.router.add_post("/files", post_files)
+    app.router.add_post("/files/", post_files)
+    app.router.add_post("/files/{prefix:.+/}", post_files)

@@ -1,0 +1,88 @@
+"""The storage interface every backend implements, and its errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str  # strong, quoted, as sent in an ETag header
+    last_modified: datetime
+    content_type: str | None = None
+    sha256: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "key": self.key,
+            "size": self.size,
+            "etag": self.etag,
+            "sha256": self.sha256,
+            "content_type": self.content_type,
+        }
+
+
+@dataclass(frozen=True)
+class ObjectPage:
+    objects: list[ObjectInfo]
+    next_cursor: str | None
+
+
+class StorageError(Exception):
+    """Base of the errors a backend raises on purpose."""
+
+
+class ObjectNotFound(StorageError):
+    pass
+
+
+class UpstreamError(StorageError):
+    """The storage service failed (after its retries): the proxy answers 502."""
+
+
+class KeyConflict(StorageError):
+    """The key collides with an existing object's path (local: file vs directory)."""
+
+
+class ObjectTooLarge(StorageError):
+    """The object is larger than the backend can store."""
+
+
+class Storage(Protocol):
+    """What the HTTP layer needs from a backend.
+
+    ``write`` consumes ``body`` and makes the object visible under ``key`` only once
+    every byte has been stored; if ``body`` raises, or the backend fails, nothing is
+    left behind and the previous object under ``key`` (if any) is untouched.
+    """
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def write(
+        self,
+        key: str,
+        body: AsyncIterator[bytes],
+        *,
+        content_type: str | None,
+        size: int | None = None,
+    ) -> ObjectInfo: ...
+
+    async def stat(self, key: str) -> ObjectInfo: ...
+
+    def read(
+        self, key: str, start: int = 0, end: int | None = None, *, etag: str | None = None
+    ) -> AsyncIterator[bytes]:
+        """Bytes ``start`` to ``end`` inclusive (``None``: to the end). With ``etag``,
+        fail with ObjectNotFound rather than read another version of the object."""
+        ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def list(self, prefix: str = "", limit: int = 1000, cursor: str | None = None) -> ObjectPage: ...

@@ -1,0 +1,143 @@
+"""S3 backend through aioboto3: one client for the application's lifetime."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import aioboto3
+from botocore.config import Config as BotoConfig
+
+from proxy.config import S3Config
+from proxy.keys import validate_key
+from proxy.storage.base import ObjectInfo, ObjectPage
+from proxy.storage.budget import MemoryBudget
+from proxy.storage.s3_errors import upstream
+from proxy.storage.s3_upload import SHA256_META, S3Upload, UploadSettings
+
+READ_CHUNK = 256 * 1024
+
+
+def boto_config(cfg: S3Config) -> BotoConfig:
+    return BotoConfig(
+        region_name=cfg.region,
+        max_pool_connections=cfg.max_pool_connections,
+        connect_timeout=cfg.connect_timeout,
+        read_timeout=cfg.read_timeout,
+        retries={"mode": cfg.retry_mode, "total_max_attempts": cfg.max_attempts},
+        s3={"addressing_style": cfg.addressing_style},
+        request_checksum_calculation=cfg.request_checksum_calculation,
+        response_checksum_validation=cfg.response_checksum_validation,
+        tcp_keepalive=True,
+    )
+
+
+class S3Storage:
+    def __init__(self, cfg: S3Config, session: aioboto3.Session | None = None) -> None:
+        self.cfg = cfg
+        self.bucket = cfg.bucket
+        self.budget = MemoryBudget(cfg.memory_budget)
+        self._settings = UploadSettings(cfg.part_size, cfg.max_concurrency)
+        self._session = session or aioboto3.Session()
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            raise RuntimeError("S3Storage.start() has not been awaited")
+        return self._client
+
+    async def start(self) -> None:
+        self._client = await self._stack.enter_async_context(
+            self._session.client("s3", endpoint_url=self.cfg.endpoint_url, config=boto_config(self.cfg))
+        )
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._client = None
+
+    async def write(
+        self,
+        key: str,
+        body: AsyncIterator[bytes],
+        *,
+        content_type: str | None,
+        size: int | None = None,
+    ) -> ObjectInfo:
+        validate_key(key)
+        upload = S3Upload(
+            self.client,
+            self.bucket,
+            key,
+            content_type=content_type,
+            size=size,
+            settings=self._settings,
+            budget=self.budget,
+        )
+        result = await upload.run(body)
+        return ObjectInfo(
+            key=key,
+            size=result.size,
+            etag=result.etag,
+            last_modified=datetime.now().astimezone(),
+            content_type=content_type or "application/octet-stream",
+            sha256=result.sha256,
+        )
+
+    async def stat(self, key: str) -> ObjectInfo:
+        validate_key(key)
+        head = await upstream(self.client.head_object(Bucket=self.bucket, Key=key), key=key)
+        return _info(key, head)
+
+    async def read(
+        self, key: str, start: int = 0, end: int | None = None, *, etag: str | None = None
+    ) -> AsyncIterator[bytes]:
+        validate_key(key)
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if start or end is not None:
+            args["Range"] = f"bytes={start}-{'' if end is None else end}"
+        if etag is not None:
+            args["IfMatch"] = etag
+        response = await upstream(self.client.get_object(**args), key=key)
+        stream = response["Body"]
+        try:
+            async for chunk in stream.iter_chunks(READ_CHUNK):
+                yield chunk
+        finally:
+            # Release the connection at once, even when the reader stops early.
+            stream.close()
+
+    async def delete(self, key: str) -> None:
+        await self.stat(key)
+        await upstream(self.client.delete_object(Bucket=self.bucket, Key=key))
+
+    async def list(self, prefix: str = "", limit: int = 1000, cursor: str | None = None) -> ObjectPage:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": limit}
+        if cursor:
+            args["StartAfter"] = cursor
+        response = await upstream(self.client.list_objects_v2(**args))
+        objects = [
+            ObjectInfo(
+                key=item["Key"],
+                size=int(item["Size"]),
+                etag=str(item["ETag"]),
+                last_modified=item["LastModified"],
+            )
+            for item in response.get("Contents", [])
+        ]
+        more = bool(response.get("IsTruncated")) and objects
+        return ObjectPage(objects, objects[-1].key if more else None)
+
+
+def _info(key: str, head: dict[str, Any]) -> ObjectInfo:
+    return ObjectInfo(
+        key=key,
+        size=int(head["ContentLength"]),
+        etag=str(head["ETag"]),
+        last_modified=head["LastModified"],
+        content_type=head.get("ContentType"),
+        sha256=head.get("Metadata", {}).get(SHA256_META),
+    )
