@@ -9,8 +9,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-import shutil
 import socket
 import subprocess
 import uuid
@@ -271,5 +271,8 @@ async def agen(chunks: list[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def rmtree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+async def wait_until(predicate: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Poll until ``predicate()`` holds; the server cleans up after a client has gone."""
+    async with asyncio.timeout(seconds):
+        while not predicate():
+            await asyncio.sleep(0.05)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import mimetypes
 from collections.abc import AsyncIterator
+from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import MultipartReader
 
-from proxy.errors import ApiError
+from proxy.errors import ApiError, to_api_error
 from proxy.keys import InvalidKey, sanitize_filename, validate_key, validate_prefix
 from proxy.storage.base import Storage
 from proxy.streams import BodyTooLarge, limited
@@ -16,6 +18,12 @@ from proxy.streams import BodyTooLarge, limited
 STORAGE: web.AppKey[Storage] = web.AppKey("storage", Storage)
 MAX_UPLOAD: web.AppKey[int] = web.AppKey("max_upload_bytes", int)
 READ_CHUNK = 256 * 1024
+# What aiohttp's multipart parser raises on a malformed body.
+MULTIPART_ERRORS = (ValueError, AssertionError, KeyError, HttpProcessingError)
+
+
+def bad_multipart(exc: Exception) -> ApiError:
+    return ApiError(400, "bad_multipart", f"malformed multipart body: {exc}".strip())
 
 
 def _key(request: web.Request) -> str:
@@ -42,9 +50,13 @@ async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
     while True:
         try:
             chunk = await part.read_chunk(READ_CHUNK)
-        except ValueError as exc:  # aiohttp's parser reports bad framing this way
-            raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from None
+        except MULTIPART_ERRORS as exc:
+            raise bad_multipart(exc) from None
         if not chunk:
+            # aiohttp also returns b"" when the body ends before the part's closing
+            # boundary; only at_eof() tells a complete part from a truncated one.
+            if not part.at_eof():
+                raise ApiError(400, "bad_multipart", "the multipart body ends inside a part")
             return
         yield chunk
 
@@ -75,8 +87,8 @@ async def post_files(request: web.Request) -> web.Response:
         raise ApiError(415, "unsupported_media_type", "POST needs a multipart/form-data body")
     try:
         reader = await request.multipart()
-    except (ValueError, AssertionError, KeyError) as exc:
-        raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from None
+    except MULTIPART_ERRORS as exc:
+        raise bad_multipart(exc) from None
     storage = request.app[STORAGE]
     stored: list[dict[str, object]] = []
     # One limit for the whole request body, however many files it holds.
@@ -86,7 +98,9 @@ async def post_files(request: web.Request) -> web.Response:
             if part.filename is None:
                 await part.release()
                 continue
-            key = validate_key(prefix + sanitize_filename(part.filename))
+            # Browsers percent-encode '"', CR and LF in filenames, aiohttp's client
+            # everything: decoding escapes reads both; a lone '%' stays as it is.
+            key = validate_key(prefix + sanitize_filename(unquote(part.filename)))
             body: AsyncIterator[bytes] = _part_chunks(part)
             if remaining:
                 body = limited(body, remaining)
@@ -96,9 +110,13 @@ async def post_files(request: web.Request) -> web.Response:
             if remaining:
                 remaining = max(1, remaining - info.size)
             stored.append(info.as_json())
-    except ApiError as exc:
-        exc.extra.setdefault("stored", [f["key"] for f in stored])
-        raise
+    except Exception as exc:
+        # Files before the failing one are complete objects and stay: say which.
+        api = to_api_error(exc)
+        if api is None:
+            raise
+        api.extra.setdefault("stored", [f["key"] for f in stored])
+        raise api from exc
     if not stored:
         raise ApiError(400, "no_files", "the multipart body has no file part")
     return web.json_response({"files": stored}, status=201)
@@ -108,8 +126,8 @@ async def _parts(reader: MultipartReader) -> AsyncIterator[BodyPartReader]:
     while True:
         try:
             part = await reader.next()
-        except (ValueError, AssertionError) as exc:
-            raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from None
+        except MULTIPART_ERRORS as exc:
+            raise bad_multipart(exc) from None
         if part is None:
             return
         if not isinstance(part, BodyPartReader):
@@ -122,9 +140,15 @@ async def delete_file(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+# [\s\S] rather than '.', so that keys with control characters reach validate_key
+# and get a clear 400 instead of a 404.
+KEY_ROUTE = r"/files/{key:[\s\S]+}"
+PREFIX_ROUTE = r"/files/{prefix:[\s\S]+/}"
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_put("/files/{key:.+}", put_file)
-    app.router.add_delete("/files/{key:.+}", delete_file)
+    app.router.add_put(KEY_ROUTE, put_file)
+    app.router.add_delete(KEY_ROUTE, delete_file)
     app.router.add_post("/files", post_files)
     app.router.add_post("/files/", post_files)
-    app.router.add_post("/files/{prefix:.+/}", post_files)
+    app.router.add_post(PREFIX_ROUTE, post_files)
