@@ -14,7 +14,7 @@ from proxy.config import S3Config
 from proxy.keys import validate_key
 from proxy.storage.base import ObjectInfo, ObjectPage
 from proxy.storage.budget import MemoryBudget
-from proxy.storage.s3_errors import upstream
+from proxy.storage.s3_errors import quoted_etag, upstream
 from proxy.storage.s3_upload import SHA256_META, S3Upload, UploadSettings
 
 READ_CHUNK = 256 * 1024
@@ -123,7 +123,7 @@ class S3Storage:
             ObjectInfo(
                 key=item["Key"],
                 size=int(item["Size"]),
-                etag=str(item["ETag"]),
+                etag=quoted_etag(item["ETag"]),
                 last_modified=item["LastModified"],
             )
             for item in response.get("Contents", [])
@@ -136,7 +136,7 @@ def _info(key: str, head: dict[str, Any]) -> ObjectInfo:
     return ObjectInfo(
         key=key,
         size=int(head["ContentLength"]),
-        etag=str(head["ETag"]),
+        etag=quoted_etag(head["ETag"]),
         last_modified=head["LastModified"],
         content_type=head.get("ContentType"),
         sha256=head.get("Metadata", {}).get(SHA256_META),

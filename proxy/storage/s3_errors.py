@@ -14,6 +14,12 @@ T = TypeVar("T")
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound", "PreconditionFailed", "412"}
 
 
+def quoted_etag(etag: object) -> str:
+    """ETags as HTTP sends them. Ceph RGW leaves the quotes off in CopyObjectResult."""
+    text = str(etag)
+    return text if text.startswith(('"', 'W/"')) else f'"{text}"'
+
+
 def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 

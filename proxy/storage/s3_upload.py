@@ -24,7 +24,7 @@ from proxy.storage.part_sizing import (
     part_size_for_known_size,
     part_size_for_unknown_size,
 )
-from proxy.storage.s3_errors import upstream
+from proxy.storage.s3_errors import quoted_etag, upstream
 from proxy.streams import HashingReader
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class S3Upload:
                 Metadata={SHA256_META: sha256},
             )
         )
-        return str(response["ETag"])
+        return quoted_etag(response["ETag"])
 
     async def _start_multipart(self) -> None:
         response = await upstream(
@@ -178,7 +178,7 @@ class S3Upload:
         self._upload_id = None
         # Some servers (Ceph RGW) answer Complete with an empty ETag: ask for it.
         head = await upstream(self._client.head_object(Bucket=self._bucket, Key=self._key))
-        etag = str(head["ETag"])
+        etag = quoted_etag(head["ETag"])
         return await self._attach_sha256(etag, int(head["ContentLength"]), sha256)
 
     async def _attach_sha256(self, etag: str, size: int, sha256: str) -> str:
@@ -201,7 +201,7 @@ class S3Upload:
             )
         )
         new_etag = response.get("CopyObjectResult", {}).get("ETag")
-        return str(new_etag) if new_etag else etag
+        return quoted_etag(new_etag) if new_etag else etag
 
     async def _abort(self) -> None:
         for task in self._tasks:

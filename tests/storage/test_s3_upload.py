@@ -1,0 +1,198 @@
+"""The S3 upload path through a recording, fault-injecting layer in front of moto."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from proxy.storage.base import UpstreamError
+from proxy.storage.s3 import S3Storage
+from tests.conftest import MiB, S3Endpoint, S3View, s3_config
+from tests.s3_interposer import S3Interposer
+
+PART = 5 * MiB
+
+
+@pytest.fixture
+async def interposer(moto_endpoint: S3Endpoint) -> AsyncIterator[tuple[S3Interposer, S3Endpoint]]:
+    layer = S3Interposer(moto_endpoint.url, part_delay=0.05)
+    server = TestServer(layer.app(), host="127.0.0.1")
+    await server.start_server()
+    yield layer, replace(moto_endpoint, url=str(server.make_url("")).rstrip("/"))
+    await server.close()
+
+
+@pytest.fixture
+async def make_storage(
+    interposer: tuple[S3Interposer, S3Endpoint], moto_bucket: str
+) -> AsyncIterator[Callable[..., Any]]:
+    opened: list[S3Storage] = []
+
+    async def make(**overrides: Any) -> S3Storage:
+        settings = {"part_size": PART, "max_concurrency": 3, **overrides}
+        storage = S3Storage(s3_config(interposer[1], moto_bucket, **settings))
+        await storage.start()
+        opened.append(storage)
+        return storage
+
+    yield make
+    for storage in opened:
+        await storage.close()
+
+
+@pytest.fixture
+def view(moto_endpoint: S3Endpoint, moto_bucket: str) -> S3View:
+    return S3View(moto_endpoint, moto_bucket)
+
+
+def generated(total: int, chunk: int = 256 * 1024) -> Iterator[bytes]:
+    block = bytes(range(256)) * (chunk // 256)
+    sent = 0
+    while sent < total:
+        n = min(chunk, total - sent)
+        yield block[:n]
+        sent += n
+
+
+async def agen(it: Iterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in it:
+        yield chunk
+
+
+def sha256_of(it: Iterator[bytes]) -> str:
+    h = hashlib.sha256()
+    for chunk in it:
+        h.update(chunk)
+    return h.hexdigest()
+
+
+async def test_small_body_is_one_put_object(make_storage: Any, interposer: Any, view: S3View) -> None:
+    layer, _ = interposer
+    storage = await make_storage()
+    info = await storage.write("small", agen(generated(PART)), content_type="video/mp4")
+    assert info.size == PART
+    assert "CreateMultipartUpload" not in layer.operations()
+    assert layer.operations().count("PUT object") == 1
+    assert view.metadata("small")["sha256"] == sha256_of(generated(PART))
+
+
+async def test_parts_have_content_length_in_order_and_bounded_concurrency(
+    make_storage: Any, interposer: Any, view: S3View
+) -> None:
+    layer, _ = interposer
+    storage = await make_storage()
+    total = 9 * PART + 12345
+    info = await storage.write("big", agen(generated(total)), content_type=None)
+    parts = [s for s in layer.seen if s.operation == "UploadPart"]
+    assert [
+        int(s.query["partNumber"]) for s in sorted(parts, key=lambda s: int(s.query["partNumber"]))
+    ] == list(range(1, 11))
+    for part in parts:
+        assert part.transfer_encoding is None
+        assert part.content_length is not None and int(part.content_length) == part.body_size
+    assert sorted(p.body_size for p in parts) == sorted([PART] * 9 + [12345])
+    assert 1 < layer.max_parts_in_flight <= 3
+    assert info.sha256 == sha256_of(generated(total)) == view.metadata("big")["sha256"]
+    assert info.etag == view.client.head_object(Bucket=view.bucket, Key="big")["ETag"]
+    assert view.leftovers() == []
+
+
+async def test_known_size_picks_part_size_up_front(make_storage: Any, interposer: Any) -> None:
+    layer, _ = interposer
+    storage = await make_storage()
+    total = 3 * PART + 1
+    await storage.write("sized", agen(generated(total)), content_type=None, size=total)
+    assert [s.body_size for s in layer.seen if s.operation == "UploadPart"].count(PART) == 3
+
+
+@pytest.mark.parametrize("failing_part", [1, 3])
+async def test_s3_failure_aborts_multipart_upload(
+    make_storage: Any, interposer: Any, view: S3View, failing_part: int
+) -> None:
+    layer, _ = interposer
+    layer.fault = lambda s: 500 if s.query.get("partNumber") == str(failing_part) else None
+    storage = await make_storage()
+    with pytest.raises(UpstreamError):
+        await storage.write("doomed", agen(generated(6 * PART)), content_type=None)
+    assert "AbortMultipartUpload" in layer.operations()
+    assert view.leftovers() == []
+    assert view.keys() == []
+
+
+async def test_failed_complete_aborts(make_storage: Any, interposer: Any, view: S3View) -> None:
+    layer, _ = interposer
+    layer.fault = lambda s: 503 if s.operation == "CompleteMultipartUpload" else None
+    storage = await make_storage()
+    with pytest.raises(UpstreamError):
+        await storage.write("doomed", agen(generated(2 * PART + 1)), content_type=None)
+    assert view.leftovers() == [] and view.keys() == []
+
+
+async def test_body_error_aborts(make_storage: Any, interposer: Any, view: S3View) -> None:
+    storage = await make_storage()
+
+    async def broken() -> AsyncIterator[bytes]:
+        for i, chunk in enumerate(generated(10 * PART)):
+            if i == 100:
+                raise ConnectionResetError("client went away")
+            yield chunk
+
+    with pytest.raises(ConnectionResetError):
+        await storage.write("cut", broken(), content_type=None)
+    assert view.leftovers() == [] and view.keys() == []
+
+
+async def test_budget_pushes_back_instead_of_growing(make_storage: Any, view: S3View) -> None:
+    import asyncio
+
+    storage = await make_storage(memory_budget=2 * PART)
+    total = 4 * PART + 1
+    infos = await asyncio.gather(
+        *(storage.write(f"k{i}", agen(generated(total)), content_type=None) for i in range(3))
+    )
+    assert storage.budget.peak <= 2 * PART
+    assert storage.budget.in_use == 0
+    assert {i.sha256 for i in infos} == {sha256_of(generated(total))}
+    assert view.keys() == ["k0", "k1", "k2"]
+
+
+@pytest.mark.slow
+async def test_buffered_memory_is_bounded_for_a_1_gib_upload(
+    moto_endpoint: S3Endpoint, moto_bucket: str, view: S3View
+) -> None:
+    # Straight to moto (no recording layer): 1 GiB from a generator.
+    cfg = s3_config(moto_endpoint, moto_bucket, part_size=8 * MiB, max_concurrency=4)
+    storage = S3Storage(cfg)
+    await storage.start()
+    try:
+        total = 1024 * MiB
+        info = await storage.write("huge", agen(generated(total, MiB)), content_type=None)
+    finally:
+        await storage.close()
+    assert info.size == total
+    assert info.sha256 == sha256_of(generated(total, MiB))
+    # Part buffers: at most max_concurrency in flight plus the one being filled.
+    assert storage.budget.peak <= 8 * MiB * (4 + 1)
+    assert view.metadata("huge")["size"] == total
+
+
+async def test_http_client_gets_502_and_upload_is_aborted(
+    interposer: Any, moto_bucket: str, view: S3View, proxy_client: Any
+) -> None:
+    from proxy.config import Config, ServerConfig, StorageConfig
+
+    layer, endpoint = interposer
+    layer.fault = lambda s: 500 if s.query.get("partNumber") == "2" else None
+    storage = StorageConfig(backend="s3", s3=s3_config(endpoint, moto_bucket, part_size=PART))
+    client = await proxy_client(Config(ServerConfig(), storage))
+    response = await client.put("/files/v.mp4", data=b"\1" * (4 * PART))
+    body = await response.json()
+    assert response.status == 502, body
+    assert body["error"] == "upstream_error"
+    assert "AbortMultipartUpload" in layer.operations()
+    assert view.leftovers() == [] and view.keys() == []
