@@ -104,8 +104,17 @@ def real_s3() -> Iterator[S3Endpoint]:
     require(os.geteuid() == 0, "starting the real S3 server needs root")
     data_dir = Path(f"/tmp/stream-proxy-test-rgw-{os.getpid()}")
     port = free_port()
+    # Ports of its own, so that another RGW on this machine does not collide with it.
+    osd_base = 20000 + (os.getpid() % 400) * 100
+    env = {
+        **os.environ,
+        "S3_MON_PORT": str(free_port()),
+        "S3_MON_V2_PORT": str(free_port()),
+        "S3_OSD_PORT_MIN": str(osd_base),
+        "S3_OSD_PORT_MAX": str(osd_base + 99),
+    }
     result = subprocess.run(
-        ["bash", str(script), str(data_dir), str(port)], capture_output=True, text=True, timeout=600
+        ["bash", str(script), str(data_dir), str(port)], capture_output=True, text=True, timeout=600, env=env
     )
     if result.returncode != 0:
         pytest.fail(f"real S3 server did not start:\n{result.stderr[-3000:]}")

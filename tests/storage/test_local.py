@@ -1,0 +1,121 @@
+"""Local backend specifics: atomic publication, the root's boundary, metadata."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from proxy.keys import InvalidKey
+from proxy.storage.base import KeyConflict, ObjectNotFound
+from proxy.storage.local import INTERNAL_DIR, LocalStorage
+from tests.conftest import agen
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[LocalStorage]:
+    store = LocalStorage(tmp_path / "root")
+    await store.start()
+    yield store
+    await store.close()
+
+
+async def test_object_appears_only_when_complete(storage: LocalStorage) -> None:
+    gate = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b"a" * 3_000_000
+        await gate.wait()
+        yield b"b" * 10
+
+    task = asyncio.create_task(storage.write("v/clip.mp4", slow_body(), content_type="video/mp4"))
+    await asyncio.sleep(0.2)
+    assert not (storage.root / "v" / "clip.mp4").exists()
+    assert len(list((storage.root / INTERNAL_DIR / "tmp").iterdir())) == 1
+    gate.set()
+    info = await task
+    assert info.size == 3_000_010
+    assert (storage.root / "v" / "clip.mp4").stat().st_size == 3_000_010
+    assert list((storage.root / INTERNAL_DIR / "tmp").iterdir()) == []
+
+
+async def test_symlink_out_of_root_is_refused(storage: LocalStorage, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (storage.root / "escape").symlink_to(outside)
+    with pytest.raises(InvalidKey):
+        await storage.write("escape/x", agen([b"data"]), content_type=None)
+    assert list(outside.iterdir()) == []
+    with pytest.raises(InvalidKey):
+        await storage.stat("escape/x")
+
+
+async def test_internal_directory_is_reserved(storage: LocalStorage) -> None:
+    with pytest.raises(InvalidKey):
+        await storage.write(f"{INTERNAL_DIR}/tmp/x", agen([b"x"]), content_type=None)
+
+
+async def test_file_and_directory_conflicts(storage: LocalStorage) -> None:
+    await storage.write("a", agen([b"1"]), content_type=None)
+    with pytest.raises(KeyConflict):
+        await storage.write("a/b", agen([b"2"]), content_type=None)
+    await storage.write("d/x", agen([b"3"]), content_type=None)
+    with pytest.raises(KeyConflict):
+        await storage.write("d", agen([b"4"]), content_type=None)
+    assert (storage.root / "a").read_bytes() == b"1"
+    assert list((storage.root / INTERNAL_DIR / "tmp").iterdir()) == []
+
+
+async def test_metadata_of_a_replaced_file_is_ignored(storage: LocalStorage) -> None:
+    info = await storage.write("k.bin", agen([b"hello"]), content_type="text/plain")
+    assert (await storage.stat("k.bin")).sha256 == info.sha256
+    # Someone replaces the file behind the proxy's back: the old sha256 must not stick.
+    tmp = storage.root / "other"
+    tmp.write_bytes(b"other")
+    os.replace(tmp, storage.root / "k.bin")
+    fresh = await storage.stat("k.bin")
+    assert fresh.sha256 is None and fresh.content_type is None
+    assert fresh.etag != info.etag
+
+
+async def test_read_ranges_list_and_delete(storage: LocalStorage) -> None:
+    data = bytes(range(256)) * 4000
+    for key in ("m/1", "m/2", "m/sub/3", "n/4"):
+        await storage.write(key, agen([data]), content_type=None)
+    chunks = [c async for c in storage.read("m/1", 1000, 300_000)]
+    assert b"".join(chunks) == data[1000:300_001]
+    assert b"".join([c async for c in storage.read("m/1")]) == data
+    page = await storage.list("m/", limit=2)
+    assert [o.key for o in page.objects] == ["m/1", "m/2"]
+    assert page.next_cursor == "m/2"
+    page = await storage.list("m/", limit=2, cursor=page.next_cursor)
+    assert [o.key for o in page.objects] == ["m/sub/3"] and page.next_cursor is None
+    await storage.delete("m/sub/3")
+    assert not (storage.root / "m" / "sub").exists()  # emptied directories go too
+    with pytest.raises(ObjectNotFound):
+        await storage.delete("m/sub/3")
+    with pytest.raises(ObjectNotFound):
+        await storage.stat("m")
+
+
+async def test_read_with_stale_etag_fails(storage: LocalStorage) -> None:
+    old = await storage.write("e", agen([b"one"]), content_type=None)
+    await storage.write("e", agen([b"two!"]), content_type=None)
+    with pytest.raises(ObjectNotFound):
+        [c async for c in storage.read("e", etag=old.etag)]
+
+
+async def test_start_removes_only_stale_temporary_files(tmp_path: Path) -> None:
+    tmp_dir = tmp_path / "root" / INTERNAL_DIR / "tmp"
+    tmp_dir.mkdir(parents=True)
+    stale, fresh = tmp_dir / "old.part", tmp_dir / "new.part"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(stale, (two_days_ago, two_days_ago))
+    await LocalStorage(tmp_path / "root").start()
+    assert not stale.exists() and fresh.exists()

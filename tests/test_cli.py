@@ -1,0 +1,77 @@
+"""The command line: configuration errors and a real server process."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_bad_config_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[storage.s3]\npart_size = "1MiB"\n')
+    result = run_cli("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "storage.s3.part_size" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_environment_override_names_the_setting() -> None:
+    result = run_cli("serve", "--config", "config.toml", env={"STREAM_PROXY_SERVER_PORT": "eighty"})
+    assert result.returncode == 2 and "server.port" in result.stderr
+
+
+def test_missing_config_file() -> None:
+    result = run_cli("serve", "--config", "/nonexistent.toml")
+    assert result.returncode == 2 and "/nonexistent.toml" in result.stderr
+
+
+async def test_serve_uploads_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "STREAM_PROXY_STORAGE_LOCAL_ROOT": str(tmp_path / "data")}
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "proxy", "serve", "--config", "config.toml", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        data = os.urandom(3 * 1024 * 1024)
+        async with aiohttp.ClientSession() as session, asyncio.timeout(30):
+            while True:
+                try:
+                    async with session.put(f"http://127.0.0.1:{port}/files/x/y.bin", data=data) as r:
+                        assert r.status == 201
+                        assert (await r.json())["sha256"] == hashlib.sha256(data).hexdigest()
+                        break
+                except aiohttp.ClientConnectorError:
+                    await asyncio.sleep(0.1)
+        assert (tmp_path / "data" / "x" / "y.bin").read_bytes() == data
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = (await asyncio.wait_for(proc.communicate(), 40))[0].decode()
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output
