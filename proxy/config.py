@@ -10,11 +10,13 @@ Every setting ``section.sub.name`` can be overridden by the environment variable
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -52,7 +54,8 @@ def parse_size(text: str) -> int:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
     if not match or match.group(2).lower() not in _UNITS:
         raise ValueError(f"not a size: {text!r} (use e.g. 6291456 or '6MiB')")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    # Decimal, not float: "2.01KB" is 2010 bytes, and integers above 2**53 stay exact.
+    return int(Decimal(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,9 @@ def _build(cls: type, raw: Any, path: tuple[str, ...]) -> Any:
     hints = get_type_hints(cls)
     unknown = sorted(set(raw) - set(hints))
     if unknown:
-        raise ConfigError(f"{'.'.join((*path, unknown[0]))}: unknown setting")
+        # Escaped, so that a key with a newline cannot break the one-line message.
+        name = ".".join((*path, unknown[0])).encode("unicode_escape").decode("ascii")
+        raise ConfigError(f"{name}: unknown setting")
     values = {}
     for name, hint in hints.items():
         if name not in raw:
@@ -177,16 +182,25 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
             return ByteSize(parse_size(value) if isinstance(value, str) else int(value))
         if target is bool:
             return _to_bool(value)
-        if target in (int, float):
+        if target is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(f"expected a whole number, got {value!r}")
+            return int(value)
+        if target is float:
             if isinstance(value, bool):
                 raise ValueError(f"expected a number, got {value!r}")
-            return target(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError(f"expected a finite number, got {value!r}")
+            return number
         if target is str:
             if not isinstance(value, str):
                 raise ValueError(f"expected a string, got {value!r}")
             return value
         if target is Path:
-            return Path(str(value))
+            if not isinstance(value, str):
+                raise ValueError(f"expected a path string, got {value!r}")
+            return Path(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{name}: {exc}") from None
     raise ConfigError(f"{name}: unsupported setting type {hint!r}")
@@ -208,6 +222,7 @@ def _validate(config: Config) -> None:
     checks: list[tuple[bool, str]] = [
         (0 <= server.port <= 65535, f"server.port: must be 0-65535, got {server.port}"),
         (server.max_upload_bytes >= 0, "server.max_upload_bytes: must not be negative"),
+        (server.shutdown_timeout >= 0, "server.shutdown_timeout: must not be negative"),
         (
             storage.backend in ("local", "s3"),
             f"storage.backend: must be 'local' or 's3', got {storage.backend!r}",

@@ -28,6 +28,8 @@ class MemoryBudget:
 
     async def acquire(self, n: int) -> int:
         """Reserve ``n`` bytes (clamped); returns the amount to hand back to release()."""
+        if n < 0:
+            raise ValueError("cannot reserve a negative number of bytes")
         n = self.clamp(n)
         if not self._waiters and self.in_use + n <= self.total:
             self._take(n)
