@@ -49,6 +49,8 @@ class S3Interposer:
         self.part_delay = part_delay
         self.seen: list[Seen] = []
         self.fault: FaultRule | None = None
+        # Extra seconds before answering a request, by operation name.
+        self.delays: dict[str, float] = {}
         self.parts_in_flight = 0
         self.max_parts_in_flight = 0
         self._session: aiohttp.ClientSession | None = None
@@ -84,6 +86,8 @@ class S3Interposer:
         try:
             if is_part and self.part_delay:
                 await asyncio.sleep(self.part_delay)
+            if seen.operation in self.delays:
+                await asyncio.sleep(self.delays[seen.operation])
             status = self.fault(seen) if self.fault else None
             if status is not None:
                 xml = f"<Error><Code>Injected</Code><Message>fault {status}</Message></Error>"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import free_port
+from tests.conftest import Backend, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,16 +48,64 @@ def test_missing_config_file() -> None:
     assert result.returncode == 2 and "/nonexistent.toml" in result.stderr
 
 
-async def test_serve_uploads_and_stops_on_sigterm(tmp_path: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "STREAM_PROXY_STORAGE_LOCAL_ROOT": str(tmp_path / "data")}
-    proc = await asyncio.create_subprocess_exec(
+async def start_server(port: int, **settings: str) -> asyncio.subprocess.Process:
+    env = {**os.environ, **{f"STREAM_PROXY_{k.upper()}": v for k, v in settings.items()}}
+    return await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "proxy", "serve", "--config", "config.toml", "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
+
+
+async def wait_for_port(port: int) -> None:
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.1)
+
+
+def backend_settings(backend: Backend) -> dict[str, str]:
+    storage = backend.config.storage
+    if storage.backend == "local":
+        return {"storage_local_root": str(storage.local.root)}
+    s3 = storage.s3
+    return {
+        "storage_backend": "s3",
+        "storage_s3_bucket": s3.bucket,
+        "storage_s3_endpoint_url": str(s3.endpoint_url),
+        "storage_s3_region": str(s3.region),
+        "storage_s3_addressing_style": "path",
+    }
+
+
+async def test_shutdown_mid_upload_leaves_nothing(backend: Backend) -> None:
+    port = free_port()
+    proc = await start_server(port, server_shutdown_timeout="1", **backend_settings(backend))
+    await wait_for_port(port)
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"PUT /files/unfinished.mp4 HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n\r\n"
+        + os.urandom(20 * 1024 * 1024)
+    )
+    await writer.drain()
+    await asyncio.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    output = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+    writer.transport.abort()
+    assert proc.returncode == 0, output
+    assert backend.view.leftovers() == []
+    assert backend.view.keys() == []
+
+
+async def test_serve_uploads_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    proc = await start_server(port, storage_local_root=str(tmp_path / "data"))
     try:
         data = os.urandom(3 * 1024 * 1024)
         async with aiohttp.ClientSession() as session, asyncio.timeout(30):

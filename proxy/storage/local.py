@@ -25,6 +25,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from proxy.keys import InvalidKey, validate_key
 from proxy.storage.base import KeyConflict, ObjectInfo, ObjectNotFound, ObjectPage, StorageError
+from proxy.storage.cleanup import Cleanups
 from proxy.streams import HashingReader
 
 T = TypeVar("T")
@@ -45,12 +46,13 @@ class LocalStorage:
         self._internal = self.root / INTERNAL_DIR
         self._tmp = self._internal / "tmp"
         self._meta = self._internal / "meta"
+        self._cleanups = Cleanups()
 
     async def start(self) -> None:
         await _run(self._prepare)
 
     async def close(self) -> None:
-        pass
+        await self._cleanups.drain()
 
     def _prepare(self) -> None:
         self._tmp.mkdir(parents=True, exist_ok=True)
@@ -106,7 +108,7 @@ class LocalStorage:
             meta = {"content_type": content_type, "sha256": reader.sha256}
             return await _run(self._commit, key, path, fh, tmp_path, meta)
         except BaseException:
-            await asyncio.shield(self._discard(fh, tmp_path, pending))
+            await self._cleanups.run(self._discard(fh, tmp_path, pending))
             raise
 
     async def _discard(self, fh: BinaryIO, tmp_path: Path, pending: asyncio.Future[int] | None) -> None:

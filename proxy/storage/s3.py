@@ -14,6 +14,7 @@ from proxy.config import S3Config
 from proxy.keys import validate_key
 from proxy.storage.base import ObjectInfo, ObjectPage
 from proxy.storage.budget import MemoryBudget
+from proxy.storage.cleanup import Cleanups
 from proxy.storage.s3_errors import quoted_etag, upstream
 from proxy.storage.s3_upload import SHA256_META, S3Upload, UploadSettings
 
@@ -39,6 +40,7 @@ class S3Storage:
         self.cfg = cfg
         self.bucket = cfg.bucket
         self.budget = MemoryBudget(cfg.memory_budget)
+        self._cleanups = Cleanups()
         self._settings = UploadSettings(cfg.part_size, cfg.max_concurrency)
         self._session = session or aioboto3.Session()
         self._stack = contextlib.AsyncExitStack()
@@ -56,6 +58,7 @@ class S3Storage:
         )
 
     async def close(self) -> None:
+        await self._cleanups.drain()
         await self._stack.aclose()
         self._client = None
 
@@ -76,6 +79,7 @@ class S3Storage:
             size=size,
             settings=self._settings,
             budget=self.budget,
+            cleanups=self._cleanups,
         )
         result = await upload.run(body)
         return ObjectInfo(

@@ -17,6 +17,7 @@ from typing import Any
 
 from proxy.storage.base import ObjectTooLarge
 from proxy.storage.budget import MemoryBudget
+from proxy.storage.cleanup import Cleanups
 from proxy.storage.part_sizing import (
     MAX_OBJECT_SIZE,
     MAX_PART_SIZE,
@@ -55,6 +56,7 @@ class S3Upload:
         size: int | None,
         settings: UploadSettings,
         budget: MemoryBudget,
+        cleanups: Cleanups,
     ) -> None:
         if size is not None and size > MAX_OBJECT_SIZE:
             raise ObjectTooLarge(f"{size} bytes is over S3's object limit of {MAX_OBJECT_SIZE}")
@@ -65,6 +67,7 @@ class S3Upload:
         self._size = size
         self._settings = settings
         self._budget = budget
+        self._cleanups = cleanups
         self._upload_id: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._parts: dict[int, str] = {}
@@ -93,7 +96,7 @@ class S3Upload:
             etag = await self._complete(reader.sha256)
             return UploadResult(reader.size, reader.sha256, etag)
         except BaseException:
-            await asyncio.shield(self._abort())
+            await self._cleanups.run(self._abort())
             raise
 
     async def _put_single(self, data: bytearray, sha256: str) -> str:

@@ -196,3 +196,31 @@ async def test_http_client_gets_502_and_upload_is_aborted(
     assert body["error"] == "upstream_error"
     assert "AbortMultipartUpload" in layer.operations()
     assert view.leftovers() == [] and view.keys() == []
+
+
+async def test_close_waits_for_aborts_of_cancelled_uploads(
+    make_storage: Any, interposer: Any, view: S3View
+) -> None:
+    import asyncio
+
+    layer, _ = interposer
+    layer.delays["AbortMultipartUpload"] = 1.0
+    storage = await make_storage()
+    started = asyncio.Event()
+
+    async def endless() -> AsyncIterator[bytes]:
+        for chunk in generated(1024 * MiB):
+            if len([s for s in layer.seen if s.operation == "UploadPart"]) >= 2:
+                started.set()
+            yield chunk
+
+    task = asyncio.create_task(storage.write("shutdown", endless(), content_type=None))
+    await asyncio.wait_for(started.wait(), 10)
+    task.cancel()  # what aiohttp does to handlers at shutdown...
+    await asyncio.sleep(0.2)
+    task.cancel()  # ...and again while the abort is under way
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await storage.close()  # must not release the client before the abort is done
+    assert "AbortMultipartUpload" in layer.operations()
+    assert view.leftovers() == [] and view.keys() == []
