@@ -31,6 +31,7 @@ from proxy.streams import HashingReader
 T = TypeVar("T")
 INTERNAL_DIR = ".stream-proxy"
 WRITE_BLOCK = 1024 * 1024
+SYNC_EVERY = 16 * 1024 * 1024
 READ_BLOCK = 256 * 1024
 # Temporary files this old are left over from a crashed process, not a slow upload.
 STALE_TMP_SECONDS = 24 * 3600
@@ -95,26 +96,30 @@ class LocalStorage:
         reader = HashingReader(body)
         tmp_path = self._tmp / f"{uuid.uuid4().hex}.part"
         fh: BinaryIO = await _run(open, tmp_path, "xb")
-        pending: asyncio.Future[int] | None = None
+        writing: asyncio.Future[Any] | None = None
+        syncing: asyncio.Future[Any] | None = None
+        unsynced = 0
         try:
             # One block is written in a thread while the next is read from the client.
             while block := await reader.read(WRITE_BLOCK):
-                if pending is not None:
-                    await pending
-                pending = asyncio.ensure_future(_run(fh.write, block))
-            if pending is not None:
-                await pending
-                pending = None
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(_run(fh.write, block))
+                unsynced += len(block)
+                # Flush to disk as we go, so that the final fsync has little left to do.
+                if unsynced >= SYNC_EVERY and (syncing is None or syncing.done()):
+                    syncing = asyncio.ensure_future(_run(os.fdatasync, fh.fileno()))
+                    unsynced = 0
+            await _settle(writing, syncing)
             meta = {"content_type": content_type, "sha256": reader.sha256}
             return await _run(self._commit, key, path, fh, tmp_path, meta)
         except BaseException:
-            await self._cleanups.run(self._discard(fh, tmp_path, pending))
+            await self._cleanups.run(self._discard(fh, tmp_path, writing, syncing))
             raise
 
-    async def _discard(self, fh: BinaryIO, tmp_path: Path, pending: asyncio.Future[int] | None) -> None:
-        if pending is not None:
-            with contextlib.suppress(BaseException):
-                await pending
+    async def _discard(self, fh: BinaryIO, tmp_path: Path, *running: asyncio.Future[Any] | None) -> None:
+        with contextlib.suppress(BaseException):
+            await _settle(*running)
         await _run(self._remove_tmp, fh, tmp_path)
 
     @staticmethod
@@ -293,6 +298,14 @@ class LocalStorage:
 
     async def list(self, prefix: str = "", limit: int = 1000, cursor: str | None = None) -> ObjectPage:
         return await _run(self._list, prefix, limit, cursor)
+
+
+async def _settle(*running: asyncio.Future[Any] | None) -> None:
+    """Wait for every started thread call, so none touches the file after we go on."""
+    outcomes = await asyncio.gather(*(f for f in running if f is not None), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def local_etag(st: os.stat_result) -> str:

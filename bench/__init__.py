@@ -1,0 +1,18 @@
+"""Benchmarks of stream-proxy against references, run by ``make bench``.
+
+``python -m bench`` starts (or reuses) the real S3 server from ../shared/s3, starts
+the proxy as separate processes, runs every measurement in
+:data:`bench.measurements.MEASUREMENTS` and prints one table of the results.
+
+Environment:
+
+- ``STREAM_PROXY_BENCH_S3``: endpoint URL of a running S3 server to use instead of
+  starting one (``http://127.0.0.1:7480``).
+- ``S3_ACCESS_KEY``/``S3_SECRET_KEY``/``S3_REGION``: its credentials (default
+  testaccesskey/testsecretkey/us-east-1, what ../shared/s3 creates).
+- ``BENCH_SIZE_MIB`` (512): upload size of the throughput measurements.
+- ``BENCH_ROUNDS`` (3): rounds of each throughput measurement; medians are reported.
+- ``BENCH_RSS_SIZES_MIB`` (200,1024): upload sizes of the peak RSS measurement.
+- ``BENCH_WARMUP_MIB`` (32): one untimed upload of this size per path first; 0 = none.
+- ``BENCH_ONLY``: comma-separated measurement names to run (default: all).
+"""

@@ -1,0 +1,74 @@
+"""Entry point: set up the servers, run the measurements, print the table."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+from bench.measurements import MEASUREMENTS, BenchContext, Measurement
+from bench.payload import Payload
+from bench.report import Row, error_row, render
+from bench.servers import empty_bucket, fresh_bucket, log, real_s3, temp_workdir
+from bench.settings import BenchError, MiB, Settings
+from bench.upload import http_session
+
+
+def selected(settings: Settings) -> dict[str, Measurement]:
+    unknown = settings.only - set(MEASUREMENTS)
+    if unknown:
+        raise BenchError(f"BENCH_ONLY: unknown measurement(s) {sorted(unknown)}; known: {list(MEASUREMENTS)}")
+    return {n: m for n, m in MEASUREMENTS.items() if not settings.only or n in settings.only}
+
+
+async def run(settings: Settings, measurements: dict[str, Measurement]) -> tuple[list[Row], str]:
+    with temp_workdir() as workdir:
+        return await _run_in(workdir, settings, measurements)
+
+
+async def _run_in(
+    workdir: Path, settings: Settings, measurements: dict[str, Measurement]
+) -> tuple[list[Row], str]:
+    payload = Payload()
+    rows: list[Row] = []
+    async with (
+        real_s3(settings) as s3,
+        s3.client(s3.s3_config()) as client,
+        fresh_bucket(client) as bucket,
+        http_session() as http,
+    ):
+        ctx = BenchContext(settings, s3, client, bucket, workdir, payload, http)
+        for name, measure in measurements.items():
+            log(f"measuring {name}")
+            try:
+                rows.extend(await measure(ctx))
+            except Exception as exc:
+                log(f"{name} failed: {exc!r}")
+                rows.append(error_row(name, exc))
+            finally:
+                await empty_bucket(client, bucket)
+    title = (
+        f"stream-proxy benchmark: {settings.size // MiB} MiB uploads, median of {settings.rounds} "
+        f"round(s); S3 = {s3.url}, parts of {settings.part_size // MiB} MiB, "
+        f"{settings.concurrency} in flight"
+    )
+    return rows, title
+
+
+def main() -> int:
+    started = time.monotonic()
+    try:
+        settings = Settings.from_env()
+        measurements = selected(settings)
+        rows, title = asyncio.run(run(settings, measurements))
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    print(render(rows, title))
+    log(f"done in {time.monotonic() - started:.0f} s")
+    # Missed targets are results; a measurement that could not run is a failure.
+    return 1 if any(r.proxy == "error" for r in rows) else 0
