@@ -66,6 +66,10 @@ class ServerConfig:
     max_upload_bytes: ByteSize = ByteSize(0)
     # Seconds to let in-flight requests finish on shutdown.
     shutdown_timeout: float = 30.0
+    # Sent with downloads; objects can be overwritten, so caches revalidate by default.
+    cache_control: str = "no-cache"
+    # A Range header with more ranges than this gets the whole object (200).
+    max_ranges: int = 16
 
 
 @dataclass(frozen=True)
@@ -223,6 +227,7 @@ def _validate(config: Config) -> None:
         (0 <= server.port <= 65535, f"server.port: must be 0-65535, got {server.port}"),
         (server.max_upload_bytes >= 0, "server.max_upload_bytes: must not be negative"),
         (server.shutdown_timeout >= 0, "server.shutdown_timeout: must not be negative"),
+        (server.max_ranges >= 1, "server.max_ranges: must be at least 1"),
         (
             storage.backend in ("local", "s3"),
             f"storage.backend: must be 'local' or 's3', got {storage.backend!r}",

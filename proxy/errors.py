@@ -17,16 +17,22 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, error: str, message: str, **extra: Any) -> None:
+    def __init__(
+        self, status: int, error: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.error = error
         self.message = message
+        self.headers = headers or {}
         self.extra = extra
 
 
-def json_error(status: int, error: str, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": error, "message": message, **extra}, status=status)
+def json_error(
+    status: int, error: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> web.Response:
+    body = {"error": error, "message": message, **extra}
+    return web.json_response(body, status=status, headers=headers)
 
 
 # Exceptions the storage layer and body helpers raise on purpose, and their answers.
@@ -68,4 +74,4 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             return json_error(500, "internal_error", "the server failed; see its log")
         if api.status >= 500:
             log.warning("%s %s: %s", request.method, request.path, api.message)
-        return json_error(api.status, api.error, api.message, **api.extra)
+        return json_error(api.status, api.error, api.message, headers=api.headers, **api.extra)

@@ -26,7 +26,7 @@ def bad_multipart(exc: Exception) -> ApiError:
     return ApiError(400, "bad_multipart", f"malformed multipart body: {exc}".strip())
 
 
-def _key(request: web.Request) -> str:
+def object_key(request: web.Request) -> str:
     return validate_key(request.match_info["key"])
 
 
@@ -62,7 +62,7 @@ async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
 
 
 async def put_file(request: web.Request) -> web.Response:
-    key = _key(request)
+    key = object_key(request)
     limit = request.app[MAX_UPLOAD]
     size = request.content_length
     if limit and size is not None and size > limit:
@@ -136,7 +136,7 @@ async def _parts(reader: MultipartReader) -> AsyncIterator[BodyPartReader]:
 
 
 async def delete_file(request: web.Request) -> web.Response:
-    await request.app[STORAGE].delete(_key(request))
+    await request.app[STORAGE].delete(object_key(request))
     return web.Response(status=204)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -86,3 +86,13 @@ class Storage(Protocol):
     async def delete(self, key: str) -> None: ...
 
     async def list(self, prefix: str = "", limit: int = 1000, cursor: str | None = None) -> ObjectPage: ...
+
+
+@runtime_checkable
+class FileBacked(Protocol):
+    """A backend whose objects are files, so they can be sent with sendfile."""
+
+    async def open_file(self, key: str, *, etag: str) -> BinaryIO:
+        """Open the object's file for reading; ObjectNotFound if it is gone or is no
+        longer the version ``etag`` names."""
+        ...

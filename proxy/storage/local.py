@@ -214,25 +214,27 @@ class LocalStorage:
     async def stat(self, key: str) -> ObjectInfo:
         return await _run(self._stat, key)
 
+    def _open_checked(self, key: str, etag: str | None) -> BinaryIO:
+        path = self.path_for(key)
+        self._check_inside(path)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - the caller closes it
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFound(key) from None
+        if etag is not None and local_etag(os.fstat(fh.fileno())) != etag:
+            fh.close()
+            raise ObjectNotFound(key)
+        return fh
+
+    async def open_file(self, key: str, *, etag: str) -> BinaryIO:
+        return await _run(self._open_checked, key, etag)
+
     async def read(
         self, key: str, start: int = 0, end: int | None = None, *, etag: str | None = None
     ) -> AsyncIterator[bytes]:
-        path = self.path_for(key)
-
-        def open_checked() -> BinaryIO:
-            self._check_inside(path)
-            try:
-                fh = open(path, "rb")  # noqa: SIM115 - closed by the generator below
-            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-                raise ObjectNotFound(key) from None
-            if etag is not None and local_etag(os.fstat(fh.fileno())) != etag:
-                fh.close()
-                raise ObjectNotFound(key)
-            fh.seek(start)
-            return fh
-
-        fh = await _run(open_checked)
+        fh = await _run(self._open_checked, key, etag)
         try:
+            await _run(fh.seek, start)
             remaining = None if end is None else end - start + 1
             while remaining is None or remaining > 0:
                 n = READ_BLOCK if remaining is None else min(READ_BLOCK, remaining)
