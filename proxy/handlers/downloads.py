@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import mimetypes
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from proxy.http_ranges import (
     parse_range,
 )
 from proxy.storage.base import FileBacked, ObjectInfo, Storage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -106,8 +109,13 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     if request.method == "HEAD":
         return response
-    await BodySender(request, response, storage, info).send(prelude, closing)
-    await response.write_eof()
+    try:
+        await BodySender(request, response, storage, info).send(prelude, closing)
+        await response.write_eof()
+    except ConnectionError:
+        # Browsers cancel range requests they no longer need (every seek does): the
+        # headers are out, so there is nothing to answer and nothing went wrong here.
+        log.debug("client went away during GET %s", key)
     return response
 
 
