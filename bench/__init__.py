@@ -10,9 +10,15 @@ Environment:
   starting one (``http://127.0.0.1:7480``).
 - ``S3_ACCESS_KEY``/``S3_SECRET_KEY``/``S3_REGION``: its credentials (default
   testaccesskey/testsecretkey/us-east-1, what ../shared/s3 creates).
-- ``BENCH_SIZE_MIB`` (512): upload size of the throughput measurements.
-- ``BENCH_ROUNDS`` (3): rounds of each throughput measurement; medians are reported.
+- ``BENCH_SIZE_MIB`` (512): upload size of the upload throughput measurements.
+- ``BENCH_ROUNDS`` (3): rounds of each throughput and latency measurement, alternating
+  which side goes first; medians are reported.
 - ``BENCH_RSS_SIZES_MIB`` (200,1024): upload sizes of the peak RSS measurement.
-- ``BENCH_WARMUP_MIB`` (32): one untimed upload of this size per path first; 0 = none.
+- ``BENCH_WARMUP_MIB`` (32): one untimed upload (or ranged download) of this size per
+  path first; 0 = none.
+- ``BENCH_DOWNLOAD_MIB`` (1024): size of the object the download measurements read;
+  the range requests (1 MiB each) start at random offsets inside it.
+- ``BENCH_RANGE_COUNT`` (200): range requests per side and round of the latency
+  measurements; median and p99 are reported.
 - ``BENCH_ONLY``: comma-separated measurement names to run (default: all).
 """

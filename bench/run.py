@@ -49,7 +49,8 @@ async def _run_in(
             finally:
                 await empty_bucket(client, bucket)
     title = (
-        f"stream-proxy benchmark: {settings.size // MiB} MiB uploads, median of {settings.rounds} "
+        f"stream-proxy benchmark: {settings.size // MiB} MiB uploads, "
+        f"{settings.download_size // MiB} MiB downloads, median of {settings.rounds} "
         f"round(s); S3 = {s3.url}, parts of {settings.part_size // MiB} MiB, "
         f"{settings.concurrency} in flight"
     )

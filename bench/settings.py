@@ -20,6 +20,9 @@ class Settings:
     rounds: int = 3
     rss_sizes: tuple[int, ...] = (200 * MiB, 1024 * MiB)
     warmup: int = 32 * MiB
+    # The object the download measurements read, and how many ranges of it time latency.
+    download_size: int = 1024 * MiB
+    range_count: int = 200
     # The proxy's S3 upload settings, which the direct reference upload copies.
     part_size: int = 6 * MiB
     concurrency: int = 4
@@ -42,6 +45,8 @@ class Settings:
                 if part.strip()
             ),
             warmup=_mib(env, "BENCH_WARMUP_MIB", 32, minimum=0),
+            download_size=_mib(env, "BENCH_DOWNLOAD_MIB", 1024, minimum=1),
+            range_count=_int(env, "BENCH_RANGE_COUNT", 200, minimum=1),
             s3_endpoint=env.get("STREAM_PROXY_BENCH_S3") or None,
             access_key=env.get("S3_ACCESS_KEY", "testaccesskey"),
             secret_key=env.get("S3_SECRET_KEY", "testsecretkey"),

@@ -1,0 +1,118 @@
+"""nginx serving a directory: the reference for the local backend's downloads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.servers import HOST, free_port, log
+from bench.settings import BenchError
+
+NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
+TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+
+@dataclass
+class NginxProcess:
+    proc: asyncio.subprocess.Process
+    port: int
+    directory: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def error_log(self, lines: int = 20) -> str:
+        try:
+            text = (self.directory / "error.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or next((p for p in NGINX_CANDIDATES if Path(p).is_file()), None)
+    if found is None:
+        raise BenchError("nginx is not installed (apt-get install nginx): the local download reference")
+    return found
+
+
+def nginx_config(directory: Path, root: Path, port: int) -> str:
+    """A minimal single-process static file server of ``root``."""
+    temp = "\n".join(f"    {name}_temp_path {directory / ('temp-' + name)};" for name in TEMP_PATHS)
+    return f"""daemon off;
+master_process off;
+worker_processes 1;
+error_log {directory / "error.log"};
+pid {directory / "nginx.pid"};
+events {{}}
+http {{
+    sendfile on;
+    tcp_nopush on;
+    access_log off;
+    default_type application/octet-stream;
+{temp}
+    server {{
+        listen {HOST}:{port};
+        root {root};
+        location / {{}}
+    }}
+}}
+"""
+
+
+def _write_config(directory: Path, root: Path, port: int) -> Path:
+    config = directory / "nginx.conf"
+    config.write_text(nginx_config(directory, root.resolve(), port))
+    return config
+
+
+@contextlib.asynccontextmanager
+async def run_nginx(root: Path) -> AsyncIterator[NginxProcess]:
+    """nginx serving ``root`` on a free loopback port, from a generated config in a
+    temporary directory; killed and the directory removed afterwards."""
+    binary = nginx_binary()
+    directory, port = Path(tempfile.mkdtemp(prefix="stream-proxy-bench-nginx-")), free_port()
+    config = _write_config(directory, root, port)
+    argv = [binary, "-p", str(directory), "-c", str(config), "-e", str(directory / "error.log")]
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    server = NginxProcess(proc, port, directory)
+    try:
+        await _wait_for_port(server, time_limit=15)
+        log(f"nginx {binary} serving {root} on port {port}")
+        yield server
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def _wait_for_port(server: NginxProcess, time_limit: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + time_limit
+    while True:
+        if server.proc.returncode is not None:
+            raise BenchError(f"nginx exited with {server.proc.returncode}:\n{server.error_log()}")
+        try:
+            _, writer = await asyncio.open_connection(HOST, server.port)
+        except OSError:
+            if loop.time() > deadline:
+                raise BenchError(
+                    f"nginx is not listening on {server.port} after {time_limit:.0f} s:\n{server.error_log()}"
+                ) from None
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
