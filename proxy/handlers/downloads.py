@@ -30,7 +30,7 @@ from proxy.http_ranges import (
     multipart_byteranges,
     parse_range,
 )
-from proxy.storage.base import FileBacked, ObjectInfo, Storage
+from proxy.storage.base import FileBacked, ObjectInfo, ObjectNotFound, Storage, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,28 @@ def validators(info: ObjectInfo, settings: DownloadSettings) -> dict[str, str]:
     return headers
 
 
+# Headers whose answer depends on the object's current validators.
+CONDITIONAL_HEADERS = ("If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since")
+
+
 async def get_file(request: web.Request) -> web.StreamResponse:
     key = object_key(request)
     storage = request.app[STORAGE]
+    # A plain GET may use recently seen validators and save a round trip to S3: the
+    # body is read with IfMatch on them, so a stale entry fails before anything is
+    # sent, and we look again.
+    quick = request.method == "GET" and not any(h in request.headers for h in CONDITIONAL_HEADERS)
+    info = await storage.stat(key, recent=quick)
+    try:
+        return await answer(request, storage, info)
+    except ObjectNotFound:
+        if not quick:
+            raise
+        return await answer(request, storage, await storage.stat(key))
+
+
+async def answer(request: web.Request, storage: Storage, info: ObjectInfo) -> web.StreamResponse:
     settings = request.app[DOWNLOADS]
-    info = await storage.stat(key)
     headers = validators(info, settings)
     failed = evaluate_preconditions(request.method, request.headers, info.etag, info.last_modified)
     if failed == 304:
@@ -87,83 +104,126 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     headers["Accept-Ranges"] = "bytes"
     content_type = content_type_of(info)
     response = web.StreamResponse(headers=headers)
-    prelude: list[tuple[bytes, ByteRange]]
+    parts: list[tuple[bytes, ByteRange]]
     closing = b""
     if isinstance(decision, PartialBody) and len(decision.ranges) > 1:
         boundary = make_boundary()
-        prelude, closing, length = multipart_byteranges(decision.ranges, info.size, content_type, boundary)
+        parts, closing, length = multipart_byteranges(decision.ranges, info.size, content_type, boundary)
         response.set_status(206)
-        response.content_type = "multipart/byteranges"
         response.headers["Content-Type"] = f"multipart/byteranges; boundary={boundary}"
     elif isinstance(decision, PartialBody):
         [only] = decision.ranges
-        prelude, length = [(b"", only)], only.length
+        parts, length = [(b"", only)], only.length
         response.set_status(206)
         response.headers["Content-Range"] = only.content_range(info.size)
         response.headers["Content-Type"] = content_type
     else:
-        prelude = [(b"", ByteRange(0, info.size - 1))] if info.size else []
+        parts = [(b"", ByteRange(0, info.size - 1))] if info.size else []
         length = info.size
         response.headers["Content-Type"] = content_type
     response.content_length = length
-    await response.prepare(request)
     if request.method == "HEAD":
+        await response.prepare(request)
         return response
+
+    body = Body(storage, info, parts, closing, whole=isinstance(decision, WholeBody))
+    await body.open()  # may still fail cleanly: nothing has been sent
     try:
-        await BodySender(request, response, storage, info).send(prelude, closing)
+        await response.prepare(request)
+        await body.send(request, response)
         await response.write_eof()
     except ConnectionError:
         # Browsers cancel range requests they no longer need (every seek does): the
         # headers are out, so there is nothing to answer and nothing went wrong here.
-        log.debug("client went away during GET %s", key)
+        log.debug("client went away during GET %s", info.key)
+    except StorageError as exc:
+        # The object changed or the store failed between two ranges: the headers are
+        # out, so the only honest answer is to cut the connection short.
+        log.warning("GET %s failed after its headers were sent: %s", info.key, exc)
+        if request.transport is not None:
+            request.transport.close()
+    finally:
+        await body.close()
     return response
 
 
-class BodySender:
-    """Writes the ranges of one object, by sendfile when the backend has files."""
+class Body:
+    """The ranges of one object: sendfile when the backend has files, else one
+    backend read per range. The first read starts in open(), before any header is
+    sent, so that a missing or changed object can still be answered properly."""
 
     def __init__(
-        self, request: web.Request, response: web.StreamResponse, storage: Storage, info: ObjectInfo
+        self,
+        storage: Storage,
+        info: ObjectInfo,
+        parts: list[tuple[bytes, ByteRange]],
+        closing: bytes,
+        *,
+        whole: bool,
     ) -> None:
-        self.request = request
-        self.response = response
         self.storage = storage
         self.info = info
+        self.parts = parts
+        self.closing = closing
+        self.whole = whole
+        self._file: BinaryIO | None = None
+        self._first: AsyncIterator[bytes] | None = None
+        self._first_chunk = b""
 
-    async def send(self, parts: list[tuple[bytes, ByteRange]], closing: bytes) -> None:
+    async def open(self) -> None:
+        if not self.parts:
+            return
         if isinstance(self.storage, FileBacked):
-            fh = await self.storage.open_file(self.info.key, etag=self.info.etag)
-            try:
-                for header, byte_range in parts:
-                    await self._write(header)
-                    await self._sendfile(fh, byte_range)
-            finally:
-                await asyncio.to_thread(fh.close)
-        else:
-            for header, byte_range in parts:
-                await self._write(header)
-                await self._stream(byte_range)
-        await self._write(closing)
+            self._file = await self.storage.open_file(self.info.key, etag=self.info.etag)
+            return
+        self._first = self._read(self.parts[0][1])
+        self._first_chunk = await anext(self._first, b"")
 
-    async def _write(self, data: bytes) -> None:
-        if data:
-            await self.response.write(data)
+    async def close(self) -> None:
+        if self._file is not None:
+            # Inline: closing a read-only file does not block, and a thread hop could
+            # be cancelled before it ran (client gone, pool busy), leaking the descriptor.
+            self._file.close()
+        if self._first is not None:
+            # Releases the S3 response at once when the client went away.
+            await self._first.aclose()  # type: ignore[attr-defined]
 
-    async def _sendfile(self, fh: BinaryIO, byte_range: ByteRange) -> None:
-        transport = self.request.transport
+    def _read(self, byte_range: ByteRange) -> AsyncIterator[bytes]:
+        # A whole-object read asks for no range at all: one plain GetObject on S3.
+        end = None if self.whole else byte_range.end
+        return self.storage.read(self.info.key, byte_range.start, end, etag=self.info.etag)
+
+    async def send(self, request: web.Request, response: web.StreamResponse) -> None:
+        for index, (header, byte_range) in enumerate(self.parts):
+            if header:
+                await response.write(header)
+            if self._file is not None:
+                await self._sendfile(request, response, self._file, byte_range)
+            elif index == 0 and self._first is not None:
+                await response.write(self._first_chunk)
+                await _copy(self._first, response)
+            else:
+                chunks = self._read(byte_range)
+                async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+                    await _copy(chunks, response)
+        if self.closing:
+            await response.write(self.closing)
+
+    async def _sendfile(
+        self, request: web.Request, response: web.StreamResponse, fh: BinaryIO, byte_range: ByteRange
+    ) -> None:
+        transport = request.transport
         if transport is None:
             raise ConnectionResetError("client went away")
         # asyncio's sendfile first waits for what write() queued on the transport.
         try:
             await asyncio.get_running_loop().sendfile(transport, fh, byte_range.start, byte_range.length)
         except NotImplementedError:  # e.g. TLS transports: fall back to reads
-            await self._stream(byte_range)
+            chunks = self._read(byte_range)
+            async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+                await _copy(chunks, response)
 
-    async def _stream(self, byte_range: ByteRange) -> None:
-        chunks: AsyncIterator[bytes] = self.storage.read(
-            self.info.key, byte_range.start, byte_range.end, etag=self.info.etag
-        )
-        # aclose() releases the S3 response at once when the client goes away.
-        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
-            async for chunk in chunks:
-                await self.response.write(chunk)
+
+async def _copy(chunks: AsyncIterator[bytes], response: web.StreamResponse) -> None:
+    async for chunk in chunks:
+        await response.write(chunk)

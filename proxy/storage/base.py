@@ -74,7 +74,10 @@ class Storage(Protocol):
         size: int | None = None,
     ) -> ObjectInfo: ...
 
-    async def stat(self, key: str) -> ObjectInfo: ...
+    async def stat(self, key: str, *, recent: bool = False) -> ObjectInfo:
+        """The object's size and validators. With ``recent``, the backend may answer
+        from what it saw a moment ago; callers then read with ``etag`` to be safe."""
+        ...
 
     def read(
         self, key: str, start: int = 0, end: int | None = None, *, etag: str | None = None

@@ -211,7 +211,7 @@ class LocalStorage:
             raise ObjectNotFound(key)
         return self._info(key, st, self._read_meta(key, st))
 
-    async def stat(self, key: str) -> ObjectInfo:
+    async def stat(self, key: str, *, recent: bool = False) -> ObjectInfo:
         return await _run(self._stat, key)
 
     def _open_checked(self, key: str, etag: str | None) -> BinaryIO:

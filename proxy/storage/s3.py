@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -12,13 +13,17 @@ from botocore.config import Config as BotoConfig
 
 from proxy.config import S3Config
 from proxy.keys import validate_key
-from proxy.storage.base import ObjectInfo, ObjectPage
+from proxy.storage.base import ObjectInfo, ObjectNotFound, ObjectPage
 from proxy.storage.budget import MemoryBudget
 from proxy.storage.cleanup import Cleanups
 from proxy.storage.s3_errors import quoted_etag, upstream
 from proxy.storage.s3_upload import SHA256_META, S3Upload, UploadSettings
 
 READ_CHUNK = 256 * 1024
+# A video player sends a burst of range requests for one object: one HeadObject
+# serves the burst. Entries are only hints (reads carry IfMatch), so staleness is safe.
+RECENT_SECONDS = 5.0
+RECENT_MAX = 4096
 
 
 def boto_config(cfg: S3Config) -> BotoConfig:
@@ -41,6 +46,8 @@ class S3Storage:
         self.bucket = cfg.bucket
         self.budget = MemoryBudget(cfg.memory_budget)
         self._cleanups = Cleanups()
+        # Validators of recently seen objects, for reads that check them with IfMatch.
+        self._recent: dict[str, tuple[float, ObjectInfo]] = {}
         self._settings = UploadSettings(cfg.part_size, cfg.max_concurrency)
         self._session = session or aioboto3.Session()
         self._stack = contextlib.AsyncExitStack()
@@ -71,6 +78,7 @@ class S3Storage:
         size: int | None = None,
     ) -> ObjectInfo:
         validate_key(key)
+        self._recent.pop(key, None)
         upload = S3Upload(
             self.client,
             self.bucket,
@@ -91,10 +99,23 @@ class S3Storage:
             sha256=result.sha256,
         )
 
-    async def stat(self, key: str) -> ObjectInfo:
+    async def stat(self, key: str, *, recent: bool = False) -> ObjectInfo:
         validate_key(key)
-        head = await upstream(self.client.head_object(Bucket=self.bucket, Key=key), key=key)
-        return _info(key, head)
+        if recent:
+            seen = self._recent.get(key)
+            if seen is not None and time.monotonic() - seen[0] < RECENT_SECONDS:
+                return seen[1]
+        try:
+            head = await upstream(self.client.head_object(Bucket=self.bucket, Key=key), key=key)
+        except ObjectNotFound:
+            self._recent.pop(key, None)
+            raise
+        info = _info(key, head)
+        self._recent.pop(key, None)
+        self._recent[key] = (time.monotonic(), info)
+        if len(self._recent) > RECENT_MAX:
+            self._recent.pop(next(iter(self._recent)))
+        return info
 
     async def read(
         self, key: str, start: int = 0, end: int | None = None, *, etag: str | None = None
@@ -116,6 +137,7 @@ class S3Storage:
 
     async def delete(self, key: str) -> None:
         await self.stat(key)
+        self._recent.pop(key, None)
         await upstream(self.client.delete_object(Bucket=self.bucket, Key=key))
 
     async def list(self, prefix: str = "", limit: int = 1000, cursor: str | None = None) -> ObjectPage:
