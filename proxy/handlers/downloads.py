@@ -68,14 +68,21 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     quick = request.method == "GET" and not any(h in request.headers for h in CONDITIONAL_HEADERS)
     info = await storage.stat(key, recent=quick)
     try:
-        return await answer(request, storage, info)
-    except ObjectNotFound:
+        return await answer(request, storage, info, verified=not quick)
+    except (ObjectNotFound, Unverified):
         if not quick:
             raise
-        return await answer(request, storage, await storage.stat(key))
+        return await answer(request, storage, await storage.stat(key), verified=True)
 
 
-async def answer(request: web.Request, storage: Storage, info: ObjectInfo) -> web.StreamResponse:
+class Unverified(Exception):
+    """An answer from recently seen validators that no read would check (a 416, an
+    empty body): it must be decided again on fresh ones."""
+
+
+async def answer(
+    request: web.Request, storage: Storage, info: ObjectInfo, *, verified: bool
+) -> web.StreamResponse:
     settings = request.app[DOWNLOADS]
     headers = validators(info, settings)
     failed = evaluate_preconditions(request.method, request.headers, info.etag, info.last_modified)
@@ -94,6 +101,8 @@ async def answer(request: web.Request, storage: Storage, info: ObjectInfo) -> we
     ):
         decision = parse_range(range_header, info.size, max_ranges=settings.max_ranges)
     if isinstance(decision, Unsatisfiable):
+        if not verified:
+            raise Unverified
         raise ApiError(
             416,
             "range_not_satisfiable",
@@ -126,6 +135,8 @@ async def answer(request: web.Request, storage: Storage, info: ObjectInfo) -> we
         await response.prepare(request)
         return response
 
+    if not parts and not verified:
+        raise Unverified
     body = Body(storage, info, parts, closing, whole=isinstance(decision, WholeBody))
     await body.open()  # may still fail cleanly: nothing has been sent
     try:

@@ -245,7 +245,8 @@ class LocalStorage:
                     remaining -= len(block)
                 yield block
         finally:
-            await _run(fh.close)
+            # Inline: a thread hop could be cancelled before it ran, leaking the file.
+            fh.close()
 
     # -- delete and list -----------------------------------------------------
 
