@@ -81,3 +81,44 @@ async def test_concurrent_uploads(real_backend: Backend, proxy_client: Any) -> N
     assert [r.status for r in responses] == [201] * len(bodies)
     for key, data in bodies.items():
         assert real_backend.view.get(key) == data
+
+
+@pytest.mark.parametrize(
+    ("header", "status", "part"),
+    [
+        (None, 200, slice(None)),
+        ("bytes=0-", 206, slice(None)),
+        ("bytes=0-1", 206, slice(0, 2)),
+        ("bytes=-10", 206, slice(-10, None)),
+        ("bytes=1000-2999999999", 206, slice(1000, None)),
+        ("bytes=-0", 416, None),
+        ("bytes=200-100", 200, slice(None)),
+    ],
+)
+async def test_range_downloads(
+    real_backend: Backend, proxy_client: Any, header: str | None, status: int, part: slice | None
+) -> None:
+    client = await proxy_client(real_backend.config)
+    data = payload(2 * PART + 17)
+    assert (await client.put("/files/movie.mp4", data=data)).status == 201
+    response = await client.get("/files/movie.mp4", headers={"Range": header} if header else {})
+    body = await response.read()
+    assert response.status == status
+    if part is not None:
+        assert body == data[part]
+        assert int(response.headers["Content-Length"]) == len(body)
+    else:
+        assert response.headers["Content-Range"] == f"bytes */{len(data)}"
+
+
+async def test_multipart_byteranges(real_backend: Backend, proxy_client: Any) -> None:
+    client = await proxy_client(real_backend.config)
+    data = payload(PART + 5)
+    assert (await client.put("/files/m.bin", data=data)).status == 201
+    response = await client.get("/files/m.bin", headers={"Range": "bytes=-3,0-4,1000-1999"})
+    body = await response.read()
+    assert response.status == 206
+    assert len(body) == int(response.headers["Content-Length"])
+    for piece in (data[-3:], data[:5], data[1000:2000]):
+        assert piece in body
+    assert body.index(data[-3:]) < body.index(data[:5]) < body.index(data[1000:2000])
