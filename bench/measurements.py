@@ -13,7 +13,7 @@ import statistics
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -32,7 +32,7 @@ from bench.download import (
 )
 from bench.nginx import run_nginx
 from bench.payload import Payload
-from bench.report import Row, mbps, mib, throughput_row
+from bench.report import Row, compared_row, mbps, mib, throughput_row
 from bench.servers import (
     ProxyProcess,
     S3Endpoint,
@@ -99,27 +99,60 @@ class BenchContext:
 # A timed transfer of (key, size, warmup); returns seconds and cleans up after itself.
 Transfer = Callable[[str, int, bool], Awaitable[float]]
 
+S = TypeVar("S")
+R = TypeVar("R")
+
+
+async def alternating(
+    rounds: int, proxy: S, reference: S, measure: Callable[[int, str, S], Awaitable[R]]
+) -> tuple[list[R], list[R]]:
+    """``measure(round, side, proxy or reference)`` for each side ``rounds`` times,
+    alternating which side goes first (the proxy in even rounds); returns the results
+    per round of (proxy, reference)."""
+    results: dict[str, list[R]] = {"proxy": [], "reference": []}
+    for r in range(rounds):
+        order = [("proxy", proxy), ("reference", reference)]
+        if r % 2:
+            order.reverse()
+        for side, what in order:
+            results[side].append(await measure(r, side, what))
+    return results["proxy"], results["reference"]
+
+
+async def throughput_rounds(
+    ctx: BenchContext,
+    name: str,
+    size: int,
+    proxy: S,
+    reference: S,
+    seconds: Callable[[int, str, S], Awaitable[float]],
+) -> tuple[list[float], list[float]]:
+    """``seconds(round, side, proxy or reference)`` to move ``size`` bytes, by
+    :func:`alternating`; logs and returns MB/s per round of (proxy, reference)."""
+
+    async def measure(r: int, side: str, what: S) -> float:
+        rate = mbps(size, await seconds(r, side, what))
+        log(f"{name} round {r + 1}/{ctx.settings.rounds}: {side} {rate:.1f} MB/s")
+        return rate
+
+    return await alternating(ctx.settings.rounds, proxy, reference, measure)
+
 
 async def alternate(
     ctx: BenchContext, name: str, proxy: Transfer, reference: Transfer
 ) -> tuple[list[float], list[float]]:
     """Warm up each side once, then run both ``rounds`` times, alternating which goes
     first; returns MB/s per round of (proxy, reference)."""
-    size, rounds, warmup = ctx.settings.size, ctx.settings.rounds, ctx.settings.warmup
+    size, warmup = ctx.settings.size, ctx.settings.warmup
     await ctx.payload.sha256(size)  # computed once, outside any timing
     if warmup:
         await proxy(f"{name}/warmup-proxy", warmup, True)
         await reference(f"{name}/warmup-reference", warmup, True)
-    results: dict[str, list[float]] = {"proxy": [], "reference": []}
-    for r in range(rounds):
-        order = [("proxy", proxy), ("reference", reference)]
-        if r % 2:
-            order.reverse()
-        for side, transfer in order:
-            rate = mbps(size, await transfer(f"{name}/r{r}-{side}", size, False))
-            results[side].append(rate)
-            log(f"{name} round {r + 1}/{rounds}: {side} {rate:.1f} MB/s")
-    return results["proxy"], results["reference"]
+
+    async def seconds(r: int, side: str, transfer: Transfer) -> float:
+        return await transfer(f"{name}/r{r}-{side}", size, False)
+
+    return await throughput_rounds(ctx, name, size, proxy, reference, seconds)
 
 
 class CpuMeter:
@@ -166,73 +199,94 @@ def _size(n: int) -> str:
     return f"{n // MiB} MiB" if n % (1024 * MiB) else f"{n // (1024 * MiB)} GiB"
 
 
+async def upload_throughput(
+    ctx: BenchContext,
+    name: str,
+    backend: str,
+    server: ProxyProcess,
+    delete: Callable[[str], Awaitable[None]],
+    reference: Transfer,
+    *,
+    min_ratio: float | None,
+    reference_name: str,
+) -> list[Row]:
+    """PUTs through ``server`` (each stored key then removed by ``delete``) vs
+    ``reference``, by :func:`alternate`; its row."""
+    cpu = CpuMeter(server)
+    via_proxy = timed_proxy_put(ctx, server, cpu, delete)
+    proxy_rates, reference_rates = await alternate(ctx, name, via_proxy, reference)
+    measurement = f"{backend} upload {_size(ctx.settings.size)}"
+    return [
+        throughput_row(
+            measurement,
+            proxy_rates,
+            reference_rates,
+            min_ratio=min_ratio,
+            reference_name=reference_name,
+            notes=[cpu.note(measurement)],
+        )
+    ]
+
+
 async def s3_upload(ctx: BenchContext) -> list[Row]:
     """PUT through the proxy (S3 backend) vs a direct multipart upload, same part
     size and parts in flight, from this process to the same server."""
     s = ctx.settings
-    async with ctx.s3_proxy("s3-upload") as server:
-        cpu = CpuMeter(server)
-        via_proxy = timed_proxy_put(ctx, server, cpu, ctx.delete_s3)
 
-        async def direct(key: str, size: int, warmup: bool) -> float:
-            seconds = await timed(
-                direct_multipart_upload(
-                    ctx.s3_client,
-                    ctx.bucket,
-                    key,
-                    ctx.payload,
-                    size,
-                    part_size=s.part_size,
-                    concurrency=s.concurrency,
-                )
+    async def direct(key: str, size: int, warmup: bool) -> float:
+        seconds = await timed(
+            direct_multipart_upload(
+                ctx.s3_client,
+                ctx.bucket,
+                key,
+                ctx.payload,
+                size,
+                part_size=s.part_size,
+                concurrency=s.concurrency,
             )
-            await ctx.delete_s3(key)
-            return seconds
+        )
+        await ctx.delete_s3(key)
+        return seconds
 
-        proxy_rates, reference_rates = await alternate(ctx, "s3-upload", via_proxy, direct)
-    name = f"S3 upload {_size(s.size)}"
-    return [
-        throughput_row(
-            name,
-            proxy_rates,
-            reference_rates,
+    async with ctx.s3_proxy("s3-upload") as server:
+        return await upload_throughput(
+            ctx,
+            "s3-upload",
+            "S3",
+            server,
+            ctx.delete_s3,
+            direct,
             min_ratio=THROUGHPUT_MIN_RATIO,
             reference_name=(
                 f"direct aioboto3 multipart upload, {s.part_size // MiB} MiB parts, {s.concurrency} in flight"
             ),
-            notes=[cpu.note(name)],
         )
-    ]
 
 
 async def local_upload(ctx: BenchContext) -> list[Row]:
     """PUT through the proxy (local backend) vs writing the file in a plain loop."""
     root, plain = ctx.workdir / "local-root", ctx.workdir / "plain"
     plain.mkdir(exist_ok=True)
+
+    async def direct(key: str, size: int, warmup: bool) -> float:
+        path = plain / key.replace("/", "_")
+        seconds = await timed(asyncio.to_thread(plain_file_write, path, ctx.payload, size))
+        path.unlink()
+        return seconds
+
     async with ctx.local_proxy("local-upload", root) as server:
-        cpu = CpuMeter(server)
-        via_proxy = timed_proxy_put(ctx, server, cpu, lambda key: proxy_delete(ctx.http, server.url, key))
-
-        async def direct(key: str, size: int, warmup: bool) -> float:
-            path = plain / key.replace("/", "_")
-            seconds = await timed(asyncio.to_thread(plain_file_write, path, ctx.payload, size))
-            path.unlink()
-            return seconds
-
-        proxy_rates, reference_rates = await alternate(ctx, "local-upload", via_proxy, direct)
-    name = f"local upload {_size(ctx.settings.size)}"
-    return [
-        throughput_row(
-            name,
-            proxy_rates,
-            reference_rates,
+        return await upload_throughput(
+            ctx,
+            "local-upload",
+            "local",
+            server,
+            lambda key: proxy_delete(ctx.http, server.url, key),
+            direct,
             # No target in the issue: the reference writes from memory with no HTTP,
             # while the proxy shares the cores with the benchmark's own client.
             min_ratio=None,
             reference_name="open + write 8 MiB blocks + fsync + close, same filesystem",
-            notes=[cpu.note(name)],
         )
-    ]
 
 
 class RssSampler:
@@ -318,21 +372,14 @@ async def alternate_downloads(
     if warmup:
         await proxy(0, warmup)
         await reference(0, warmup)
-    results: dict[str, list[float]] = {"proxy": [], "reference": []}
-    for r in range(ctx.settings.rounds):
-        order = [("proxy", proxy), ("reference", reference)]
-        if r % 2:
-            order.reverse()
-        for side, fetch in order:
-            if side == "proxy":
-                async with cpu.measuring(size):
-                    seconds = await timed_fetch(fetch, None, size)
-            else:
-                seconds = await timed_fetch(fetch, None, size)
-            rate = mbps(size, seconds)
-            results[side].append(rate)
-            log(f"{name} round {r + 1}/{ctx.settings.rounds}: {side} {rate:.1f} MB/s")
-    return results["proxy"], results["reference"]
+
+    async def seconds(r: int, side: str, fetch: Fetch) -> float:
+        if side != "proxy":
+            return await timed_fetch(fetch, None, size)
+        async with cpu.measuring(size):
+            return await timed_fetch(fetch, None, size)
+
+    return await throughput_rounds(ctx, name, size, proxy, reference, seconds)
 
 
 async def alternate_ranges(
@@ -345,28 +392,25 @@ async def alternate_ranges(
     warm = range_offsets(size, 5, seed=-1)
     await range_latencies(proxy, warm)
     await range_latencies(reference, warm)
-    results: dict[str, list[LatencySummary]] = {"proxy": [], "reference": []}
     cpu_ms: list[float] = []
-    for r in range(rounds):
-        offsets = range_offsets(size, count, seed=r)
-        order = [("proxy", proxy), ("reference", reference)]
-        if r % 2:
-            order.reverse()
-        for side, fetch in order:
-            before = server.cpu_seconds()
-            summary = LatencySummary.of(await range_latencies(fetch, offsets))
-            if side == "proxy":
-                cpu_ms.append((server.cpu_seconds() - before) / count * 1000)
-            results[side].append(summary)
-            log(
-                f"{name} round {r + 1}/{rounds}: {side} median {summary.median * 1000:.2f} ms, "
-                f"p99 {summary.p99 * 1000:.2f} ms"
-            )
+
+    async def measure(r: int, side: str, fetch: Fetch) -> LatencySummary:
+        before = server.cpu_seconds()
+        summary = LatencySummary.of(await range_latencies(fetch, range_offsets(size, count, seed=r)))
+        if side == "proxy":
+            cpu_ms.append((server.cpu_seconds() - before) / count * 1000)
+        log(
+            f"{name} round {r + 1}/{rounds}: {side} median {summary.median * 1000:.2f} ms, "
+            f"p99 {summary.p99 * 1000:.2f} ms"
+        )
+        return summary
+
+    proxy_summaries, reference_summaries = await alternating(rounds, proxy, reference, measure)
     note = (
         f"proxy process CPU (user+sys) {statistics.median(cpu_ms):.2f} ms per range request "
         "(median of rounds)"
     )
-    return results["proxy"], results["reference"], note
+    return proxy_summaries, reference_summaries, note
 
 
 def _ms(seconds: float) -> str:
@@ -389,21 +433,21 @@ def latency_row(
     r_p99 = statistics.median(s.p99 for s in reference)
     diff = p_median - r_median
 
-    def per_round(summaries: list[LatencySummary]) -> str:
-        return ", ".join(f"{s.median * 1000:.2f}/{s.p99 * 1000:.2f}" for s in summaries)
+    def per_round(summaries: list[LatencySummary]) -> list[str]:
+        return [f"{s.median * 1000:.2f}/{s.p99 * 1000:.2f}" for s in summaries]
 
-    return Row(
+    return compared_row(
         measurement,
         f"median {_ms(p_median)}, p99 {_ms(p_p99)}",
         f"median {_ms(r_median)}, p99 {_ms(r_p99)}",
         f"median {diff * 1000:+.2f} ms (<= +{RANGE_MEDIAN_SLACK * 1000:.0f} ms); "
         f"p99 {(p_p99 - r_p99) * 1000:+.2f} ms",
         diff <= RANGE_MEDIAN_SLACK,
-        notes=(
-            f"{measurement}: reference = {reference_name}; per round median/p99 ms, "
-            f"proxy [{per_round(proxy)}], reference [{per_round(reference)}]",
-            *notes,
-        ),
+        reference_name=reference_name,
+        unit="median/p99 ms",
+        proxy_rounds=per_round(proxy),
+        reference_rounds=per_round(reference),
+        notes=notes,
     )
 
 
@@ -412,14 +456,20 @@ def _connections(measurement: str, sockets: dict[str, set[tuple[str, int]]]) -> 
     return f"{measurement}: client connections used (one expected each): {counts}"
 
 
+async def _store_download_object(ctx: BenchContext, name: str, server: ProxyProcess) -> int:
+    """PUTs the ``download_size`` object through ``server``; returns its size."""
+    size = ctx.settings.download_size
+    await ctx.payload.sha256(size)
+    seconds = await timed(proxy_put(ctx.http, server.url, DOWNLOAD_KEY, ctx.payload, size))
+    log(f"{name}: stored {_size(size)} through the proxy ({mbps(size, seconds):.1f} MB/s)")
+    return size
+
+
 @contextlib.asynccontextmanager
 async def s3_download_object(ctx: BenchContext, name: str) -> AsyncIterator[tuple[ProxyProcess, int]]:
     """An S3-backend proxy and a ``download_size`` object PUT through it; deleted after."""
-    size = ctx.settings.download_size
     async with ctx.s3_proxy(name) as server:
-        await ctx.payload.sha256(size)
-        seconds = await timed(proxy_put(ctx.http, server.url, DOWNLOAD_KEY, ctx.payload, size))
-        log(f"{name}: stored {_size(size)} through the proxy ({mbps(size, seconds):.1f} MB/s)")
+        size = await _store_download_object(ctx, name, server)
         try:
             yield server, size
         finally:
@@ -430,12 +480,9 @@ async def s3_download_object(ctx: BenchContext, name: str) -> AsyncIterator[tupl
 async def local_download_object(ctx: BenchContext, name: str) -> AsyncIterator[tuple[ProxyProcess, str, int]]:
     """A local-backend proxy, a ``download_size`` file PUT through it and nginx serving
     the same root; yields (proxy, nginx URL of the file, size)."""
-    size = ctx.settings.download_size
     root = ctx.workdir / "download-root"
     async with ctx.local_proxy(name, root) as server:
-        await ctx.payload.sha256(size)
-        seconds = await timed(proxy_put(ctx.http, server.url, DOWNLOAD_KEY, ctx.payload, size))
-        log(f"{name}: stored {_size(size)} through the proxy ({mbps(size, seconds):.1f} MB/s)")
+        size = await _store_download_object(ctx, name, server)
         path = root / DOWNLOAD_KEY
         if path.stat().st_size != size:
             raise BenchError(f"{path} has {path.stat().st_size} bytes, not {size}")
@@ -446,56 +493,91 @@ async def local_download_object(ctx: BenchContext, name: str) -> AsyncIterator[t
             await proxy_delete(ctx.http, server.url, DOWNLOAD_KEY)
 
 
+async def download_throughput(
+    ctx: BenchContext,
+    name: str,
+    backend: str,
+    server: ProxyProcess,
+    size: int,
+    reference: Fetch,
+    *,
+    reference_name: str,
+) -> list[Row]:
+    """The whole ``size`` object read by GET /files/{key} through ``server`` vs by
+    ``reference``, by :func:`alternate_downloads`; its row."""
+    cpu = CpuMeter(server)
+    proxy = http_fetch(ctx.http, proxy_file_url(server.url, DOWNLOAD_KEY))
+    proxy_rates, reference_rates = await alternate_downloads(ctx, name, size, proxy, reference, cpu)
+    measurement = f"{backend} download {_size(size)}"
+    return [
+        throughput_row(
+            measurement,
+            proxy_rates,
+            reference_rates,
+            min_ratio=THROUGHPUT_MIN_RATIO,
+            reference_name=reference_name,
+            notes=[cpu.note(measurement, "downloaded")],
+        )
+    ]
+
+
 async def s3_download(ctx: BenchContext) -> list[Row]:
     """GET /files/{key} through the proxy (S3 backend) vs a direct aioboto3 GetObject
     of the same object, both read to the end and discarded."""
     async with s3_download_object(ctx, "s3-download") as (server, size):
-        cpu = CpuMeter(server)
-        proxy = http_fetch(ctx.http, proxy_file_url(server.url, DOWNLOAD_KEY))
-        reference = s3_fetch(ctx.s3_client, ctx.bucket, DOWNLOAD_KEY)
-        proxy_rates, reference_rates = await alternate_downloads(
-            ctx, "s3-download", size, proxy, reference, cpu
+        return await download_throughput(
+            ctx,
+            "s3-download",
+            "S3",
+            server,
+            size,
+            s3_fetch(ctx.s3_client, ctx.bucket, DOWNLOAD_KEY),
+            reference_name=f"direct aioboto3 GetObject, Body.iter_chunks({READ_CHUNK // 1024} KiB) discarded",
         )
-    name = f"S3 download {_size(size)}"
-    return [
-        throughput_row(
-            name,
-            proxy_rates,
-            reference_rates,
-            min_ratio=THROUGHPUT_MIN_RATIO,
-            reference_name=(
-                f"direct aioboto3 GetObject, Body.iter_chunks({READ_CHUNK // 1024} KiB) discarded"
-            ),
-            notes=[cpu.note(name, "downloaded")],
-        )
-    ]
 
 
 async def local_download(ctx: BenchContext) -> list[Row]:
     """GET /files/{key} through the proxy (local backend) vs nginx (sendfile) serving
     the same file, both read to the end by the same aiohttp client."""
     async with local_download_object(ctx, "local-download") as (server, nginx_url, size):
-        cpu = CpuMeter(server)
-        proxy = http_fetch(ctx.http, proxy_file_url(server.url, DOWNLOAD_KEY))
-        reference = http_fetch(ctx.http, nginx_url)
-        proxy_rates, reference_rates = await alternate_downloads(
-            ctx, "local-download", size, proxy, reference, cpu
-        )
-    name = f"local download {_size(size)}"
-    return [
-        throughput_row(
-            name,
-            proxy_rates,
-            reference_rates,
-            min_ratio=THROUGHPUT_MIN_RATIO,
+        return await download_throughput(
+            ctx,
+            "local-download",
+            "local",
+            server,
+            size,
+            http_fetch(ctx.http, nginx_url),
             reference_name="nginx (sendfile on, 1 worker) serving the same file from the same root",
-            notes=[cpu.note(name, "downloaded")],
+        )
+
+
+async def range_latency(
+    ctx: BenchContext,
+    name: str,
+    backend: str,
+    server: ProxyProcess,
+    size: int,
+    proxy_session: aiohttp.ClientSession,
+    reference: Fetch,
+    sockets: dict[str, set[tuple[str, int]]],
+    *,
+    reference_name: str,
+) -> list[Row]:
+    """Random ranges of the ``size`` object through ``server`` on ``proxy_session`` vs
+    from ``reference``, by :func:`alternate_ranges`; its row. ``sockets``: the client
+    addresses each side used, "proxy" filled here."""
+    proxy = http_fetch(proxy_session, proxy_file_url(server.url, DOWNLOAD_KEY), sockets["proxy"])
+    proxy_lat, reference_lat, cpu = await alternate_ranges(ctx, name, size, proxy, reference, server)
+    measurement = f"{backend} {ctx.settings.range_count} x {RANGE_SIZE // MiB} MiB ranges of {_size(size)}"
+    return [
+        latency_row(
+            measurement,
+            proxy_lat,
+            reference_lat,
+            reference_name=reference_name,
+            notes=[f"{measurement}: {cpu}", _connections(measurement, sockets)],
         )
     ]
-
-
-def _range_name(ctx: BenchContext, backend: str, size: int) -> str:
-    return f"{backend} {ctx.settings.range_count} x {RANGE_SIZE // MiB} MiB ranges of {_size(size)}"
 
 
 async def s3_range_latency(ctx: BenchContext) -> list[Row]:
@@ -508,21 +590,17 @@ async def s3_range_latency(ctx: BenchContext) -> list[Row]:
         one_connection_session() as session,
         ctx.s3.client(single) as client,
     ):
-        proxy = http_fetch(session, proxy_file_url(server.url, DOWNLOAD_KEY), sockets["proxy"])
-        reference = s3_fetch(client, ctx.bucket, DOWNLOAD_KEY)
-        proxy_lat, reference_lat, cpu = await alternate_ranges(
-            ctx, "s3-range", size, proxy, reference, server
-        )
-    name = _range_name(ctx, "S3", size)
-    return [
-        latency_row(
-            name,
-            proxy_lat,
-            reference_lat,
+        return await range_latency(
+            ctx,
+            "s3-range",
+            "S3",
+            server,
+            size,
+            session,
+            s3_fetch(client, ctx.bucket, DOWNLOAD_KEY),
+            sockets,
             reference_name="direct aioboto3 GetObject with Range, one pooled connection",
-            notes=[f"{name}: {cpu}", _connections(name, sockets)],
         )
-    ]
 
 
 async def local_range_latency(ctx: BenchContext) -> list[Row]:
@@ -534,21 +612,17 @@ async def local_range_latency(ctx: BenchContext) -> list[Row]:
         one_connection_session() as proxy_session,
         one_connection_session() as nginx_session,
     ):
-        proxy = http_fetch(proxy_session, proxy_file_url(server.url, DOWNLOAD_KEY), sockets["proxy"])
-        reference = http_fetch(nginx_session, nginx_url, sockets["nginx"])
-        proxy_lat, reference_lat, cpu = await alternate_ranges(
-            ctx, "local-range", size, proxy, reference, server
-        )
-    name = _range_name(ctx, "local", size)
-    return [
-        latency_row(
-            name,
-            proxy_lat,
-            reference_lat,
+        return await range_latency(
+            ctx,
+            "local-range",
+            "local",
+            server,
+            size,
+            proxy_session,
+            http_fetch(nginx_session, nginx_url, sockets["nginx"]),
+            sockets,
             reference_name="nginx (sendfile on, 1 worker) serving the same file",
-            notes=[f"{name}: {cpu}", _connections(name, sockets)],
         )
-    ]
 
 
 Measurement = Callable[[BenchContext], Awaitable[list[Row]]]

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.servers import HOST, free_port, log
+from bench.servers import HOST, free_port, log, server_process
 from bench.settings import BenchError
 
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
@@ -26,13 +26,6 @@ class NginxProcess:
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
-
-    def error_log(self, lines: int = 20) -> str:
-        try:
-            text = (self.directory / "error.log").read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
 
 
 def nginx_binary() -> str:
@@ -79,40 +72,19 @@ async def run_nginx(root: Path) -> AsyncIterator[NginxProcess]:
     binary = nginx_binary()
     directory, port = Path(tempfile.mkdtemp(prefix="stream-proxy-bench-nginx-")), free_port()
     config = _write_config(directory, root, port)
-    argv = [binary, "-p", str(directory), "-c", str(config), "-e", str(directory / "error.log")]
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    server = NginxProcess(proc, port, directory)
+    error_log = directory / "error.log"
+    argv = [binary, "-p", str(directory), "-c", str(config), "-e", str(error_log)]
     try:
-        await _wait_for_port(server, time_limit=15)
-        log(f"nginx {binary} serving {root} on port {port}")
-        yield server
+        async with server_process(
+            argv,
+            label="nginx",
+            port=port,
+            time_limit=15,
+            log_path=error_log,
+            log_lines=20,
+            capture_output=False,
+        ) as proc:
+            log(f"nginx {binary} serving {root} on port {port}")
+            yield NginxProcess(proc, port, directory)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
         shutil.rmtree(directory, ignore_errors=True)
-
-
-async def _wait_for_port(server: NginxProcess, time_limit: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + time_limit
-    while True:
-        if server.proc.returncode is not None:
-            raise BenchError(f"nginx exited with {server.proc.returncode}:\n{server.error_log()}")
-        try:
-            _, writer = await asyncio.open_connection(HOST, server.port)
-        except OSError:
-            if loop.time() > deadline:
-                raise BenchError(
-                    f"nginx is not listening on {server.port} after {time_limit:.0f} s:\n{server.error_log()}"
-                ) from None
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return

@@ -47,15 +47,44 @@ def throughput_row(
     (``None``: the issue names no target, the row only informs)."""
     proxy, reference = statistics.median(proxy_mbps), statistics.median(reference_mbps)
     ratio = proxy / reference
-    return Row(
+    return compared_row(
         measurement,
         f"{proxy:.1f} MB/s",
         f"{reference:.1f} MB/s",
         f"{ratio:.2f}" + ("" if min_ratio is None else f" (>= {min_ratio:.2f})"),
         None if min_ratio is None else ratio >= min_ratio,
+        reference_name=reference_name,
+        unit="MB/s",
+        proxy_rounds=[f"{v:.1f}" for v in proxy_mbps],
+        reference_rounds=[f"{v:.1f}" for v in reference_mbps],
+        notes=notes,
+    )
+
+
+def compared_row(
+    measurement: str,
+    proxy: str,
+    reference: str,
+    target: str,
+    passed: bool | None,
+    *,
+    reference_name: str,
+    unit: str,
+    proxy_rounds: Sequence[str],
+    reference_rounds: Sequence[str],
+    notes: Sequence[str] = (),
+) -> Row:
+    """A row of the proxy against a reference, its first note naming the reference and
+    giving each side's figures per round (in ``unit``), then ``notes``."""
+    return Row(
+        measurement,
+        proxy,
+        reference,
+        target,
+        passed,
         notes=(
-            f"{measurement}: reference = {reference_name}; per round MB/s, "
-            f"proxy {_list(proxy_mbps)}, reference {_list(reference_mbps)}",
+            f"{measurement}: reference = {reference_name}; per round {unit}, "
+            f"proxy {_list(proxy_rounds)}, reference {_list(reference_rounds)}",
             *notes,
         ),
     )
@@ -66,8 +95,8 @@ def error_row(measurement: str, error: BaseException) -> Row:
     return Row(measurement, "error", "-", "-", False, notes=(f"{measurement}: {message}",))
 
 
-def _list(values: Sequence[float]) -> str:
-    return "[" + ", ".join(f"{v:.1f}" for v in values) + "]"
+def _list(values: Sequence[str]) -> str:
+    return "[" + ", ".join(values) + "]"
 
 
 def render(rows: Sequence[Row], title: str = "") -> str:

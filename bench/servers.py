@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -64,6 +64,82 @@ def free_port_range(count: int, exclude: frozenset[int] = frozenset()) -> int:
         if not exclude.intersection(ports) and all(_bindable(p) for p in ports):
             return start
     raise BenchError(f"no {count} consecutive free ports in {low}-{high}")
+
+
+def _file_tail(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a log file; empty if it cannot be read."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@contextlib.asynccontextmanager
+async def server_process(
+    argv: list[str],
+    *,
+    label: str,
+    port: int,
+    time_limit: float,
+    log_path: Path,
+    log_lines: int,
+    capture_output: bool,
+    term_timeout: float | None = None,
+    **spawn: Any,
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``argv`` started, yielded once it accepts connections on ``port`` (within
+    ``time_limit`` s) and stopped afterwards: SIGTERM and SIGKILL after ``term_timeout``
+    s, or SIGKILL at once if None. Its stdout and stderr are written to ``log_path`` if
+    ``capture_output``, else discarded; errors quote ``log_lines`` of that log and name
+    the process ``label``. ``spawn``: more arguments of create_subprocess_exec."""
+    devnull = asyncio.subprocess.DEVNULL
+    with _open_log(log_path) if capture_output else contextlib.nullcontext(devnull) as out:
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=devnull, stdout=out, stderr=out, **spawn)
+    try:
+        await _wait_for_port(proc, port, label, time_limit, lambda: _file_tail(log_path, log_lines))
+        yield proc
+    finally:
+        await _stop(proc, label, term_timeout)
+
+
+def _open_log(path: Path) -> BinaryIO:
+    return open(path, "wb")
+
+
+async def _wait_for_port(
+    proc: asyncio.subprocess.Process, port: int, label: str, time_limit: float, log_tail: Callable[[], str]
+) -> None:
+    deadline = time.monotonic() + time_limit
+    while True:
+        if proc.returncode is not None:
+            raise BenchError(f"{label} exited with {proc.returncode}:\n{log_tail()}")
+        try:
+            _, writer = await asyncio.open_connection(HOST, port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"{label} is not listening on {port} after {time_limit:.0f} s:\n{log_tail()}"
+                ) from None
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+
+
+async def _stop(proc: asyncio.subprocess.Process, label: str, term_timeout: float | None) -> None:
+    """SIGTERM, and SIGKILL if it has not exited in ``term_timeout`` s; None: SIGKILL at once."""
+    if proc.returncode is None:
+        if term_timeout is None:
+            proc.kill()
+        else:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), term_timeout)
+            except TimeoutError:
+                log(f"{label} did not stop on SIGTERM; killing it")
+                proc.kill()
+    await proc.wait()
 
 
 # -- S3 ------------------------------------------------------------------------
@@ -259,12 +335,6 @@ class ProxyProcess:
         # utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
 
 @contextlib.asynccontextmanager
 async def run_proxy(
@@ -289,51 +359,19 @@ async def run_proxy(
         )
     log_path = workdir / f"proxy-{name}.log"
     argv = [sys.executable, "-m", "proxy", "serve", "--config", str(config_path), "--port", str(port)]
-    with _open_log(log_path) as log_file:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=REPO, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file
-        )
-    proxy = ProxyProcess(name, proc, port, log_path)
-    try:
-        await _wait_for_port(proxy, time_limit=30)
-        yield proxy
-    finally:
-        await _stop(proxy)
-
-
-def _open_log(path: Path) -> BinaryIO:
-    return open(path, "wb")
-
-
-async def _wait_for_port(proxy: ProxyProcess, time_limit: float) -> None:
-    deadline = time.monotonic() + time_limit
-    while True:
-        if proxy.proc.returncode is not None:
-            raise BenchError(f"proxy {proxy.name} exited with {proxy.proc.returncode}:\n{proxy.log_tail()}")
-        try:
-            _, writer = await asyncio.open_connection(HOST, proxy.port)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise BenchError(
-                    f"proxy {proxy.name} is not listening on {proxy.port} after {time_limit:.0f} s:\n"
-                    f"{proxy.log_tail()}"
-                ) from None
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return
-
-
-async def _stop(proxy: ProxyProcess) -> None:
-    if proxy.proc.returncode is None:
-        proxy.proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proxy.proc.wait(), 15)
-        except TimeoutError:
-            log(f"proxy {proxy.name} did not stop on SIGTERM; killing it")
-            proxy.proc.kill()
-            await proxy.proc.wait()
+    async with server_process(
+        argv,
+        label=f"proxy {name}",
+        port=port,
+        time_limit=30,
+        log_path=log_path,
+        log_lines=30,
+        capture_output=True,
+        term_timeout=15,
+        cwd=REPO,
+        env=env,
+    ) as proc:
+        yield ProxyProcess(name, proc, port, log_path)
 
 
 @contextlib.contextmanager
