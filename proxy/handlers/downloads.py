@@ -214,9 +214,7 @@ class Body:
                 await response.write(self._first_chunk)
                 await _copy(self._first, response)
             else:
-                chunks = self._read(byte_range)
-                async with contextlib.aclosing(chunks):  # type: ignore[type-var]
-                    await _copy(chunks, response)
+                await self._stream(byte_range, response)
         if self.closing:
             await response.write(self.closing)
 
@@ -230,9 +228,12 @@ class Body:
         try:
             await asyncio.get_running_loop().sendfile(transport, fh, byte_range.start, byte_range.length)
         except NotImplementedError:  # e.g. TLS transports: fall back to reads
-            chunks = self._read(byte_range)
-            async with contextlib.aclosing(chunks):  # type: ignore[type-var]
-                await _copy(chunks, response)
+            await self._stream(byte_range, response)
+
+    async def _stream(self, byte_range: ByteRange, response: web.StreamResponse) -> None:
+        chunks = self._read(byte_range)
+        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+            await _copy(chunks, response)
 
 
 async def _copy(chunks: AsyncIterator[bytes], response: web.StreamResponse) -> None:

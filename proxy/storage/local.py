@@ -138,41 +138,39 @@ class LocalStorage:
         self._write_meta(key, st, meta)
         return self._info(key, st, meta)
 
-    def _publish(self, src: Path, dest: Path) -> None:
+    def _replace_into(self, src: Path, dest: Path) -> bool:
+        """os.replace into ``dest``'s directory, made as needed. A concurrent delete may
+        prune that directory in between, so try again; False if it kept vanishing."""
         for _ in range(3):
             try:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 self._check_inside(dest)
                 os.replace(src, dest)
-                break
+                return True
             except FileNotFoundError:
-                # A concurrent delete pruned the directory we just made: make it again.
                 continue
-            except (NotADirectoryError, FileExistsError):
-                raise KeyConflict("a parent of the key is an existing object") from None
-            except IsADirectoryError:
-                raise KeyConflict("the key is an existing directory of objects") from None
-        else:
-            raise StorageError(f"could not create the directory for {dest}")
+        return False
+
+    def _publish(self, src: Path, dest: Path) -> None:
+        try:
+            if not self._replace_into(src, dest):
+                raise StorageError(f"could not create the directory for {dest}")
+        except (NotADirectoryError, FileExistsError):
+            raise KeyConflict("a parent of the key is an existing object") from None
+        except IsADirectoryError:
+            raise KeyConflict("the key is an existing directory of objects") from None
         _fsync_dir(dest.parent)
 
     def _write_meta(self, key: str, st: os.stat_result, meta: dict[str, Any]) -> None:
         record = {**meta, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        meta_path = self._meta_path(key)
         tmp = self._tmp / f"{uuid.uuid4().hex}.meta"
         with open(tmp, "w", encoding="utf-8") as out:
             json.dump(record, out)
             out.flush()
             os.fsync(out.fileno())
-        for _ in range(3):
-            try:
-                meta_path.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, meta_path)
-                return
-            except FileNotFoundError:
-                continue
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if not self._replace_into(tmp, self._meta_path(key)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
     # -- read side -----------------------------------------------------------
 

@@ -13,17 +13,42 @@ from botocore.config import Config as BotoConfig
 
 from proxy.config import S3Config
 from proxy.keys import validate_key
-from proxy.storage.base import ObjectInfo, ObjectNotFound, ObjectPage
+from proxy.storage.base import ObjectInfo, ObjectPage
 from proxy.storage.budget import MemoryBudget
 from proxy.storage.cleanup import Cleanups
 from proxy.storage.s3_errors import quoted_etag, upstream
 from proxy.storage.s3_upload import SHA256_META, S3Upload, UploadSettings
 
 READ_CHUNK = 256 * 1024
-# A video player sends a burst of range requests for one object: one HeadObject
-# serves the burst. Entries are only hints (reads carry IfMatch), so staleness is safe.
-RECENT_SECONDS = 5.0
-RECENT_MAX = 4096
+
+
+class RecentStats:
+    """Validators of objects seen in the last few seconds.
+
+    A video player sends a burst of range requests for one object: one HeadObject
+    serves the burst. Entries are only hints (reads carry IfMatch), so staleness is safe.
+    """
+
+    SECONDS = 5.0
+    MAX_ENTRIES = 4096
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[float, ObjectInfo]] = {}
+
+    def get(self, key: str) -> ObjectInfo | None:
+        seen = self._seen.get(key)
+        if seen is None or time.monotonic() - seen[0] >= self.SECONDS:
+            return None
+        return seen[1]
+
+    def remember(self, info: ObjectInfo) -> None:
+        self._seen.pop(info.key, None)  # re-insert: the oldest entry goes first
+        self._seen[info.key] = (time.monotonic(), info)
+        if len(self._seen) > self.MAX_ENTRIES:
+            self._seen.pop(next(iter(self._seen)))
+
+    def forget(self, key: str) -> None:
+        self._seen.pop(key, None)
 
 
 def boto_config(cfg: S3Config) -> BotoConfig:
@@ -46,8 +71,7 @@ class S3Storage:
         self.bucket = cfg.bucket
         self.budget = MemoryBudget(cfg.memory_budget)
         self._cleanups = Cleanups()
-        # Validators of recently seen objects, for reads that check them with IfMatch.
-        self._recent: dict[str, tuple[float, ObjectInfo]] = {}
+        self._recent = RecentStats()
         self._settings = UploadSettings(cfg.part_size, cfg.max_concurrency)
         self._session = session or aioboto3.Session()
         self._stack = contextlib.AsyncExitStack()
@@ -78,7 +102,7 @@ class S3Storage:
         size: int | None = None,
     ) -> ObjectInfo:
         validate_key(key)
-        self._recent.pop(key, None)
+        self._recent.forget(key)
         upload = S3Upload(
             self.client,
             self.bucket,
@@ -101,20 +125,13 @@ class S3Storage:
 
     async def stat(self, key: str, *, recent: bool = False) -> ObjectInfo:
         validate_key(key)
-        if recent:
-            seen = self._recent.get(key)
-            if seen is not None and time.monotonic() - seen[0] < RECENT_SECONDS:
-                return seen[1]
-        try:
-            head = await upstream(self.client.head_object(Bucket=self.bucket, Key=key), key=key)
-        except ObjectNotFound:
-            self._recent.pop(key, None)
-            raise
+        seen = self._recent.get(key) if recent else None
+        if seen is not None:
+            return seen
+        self._recent.forget(key)
+        head = await upstream(self.client.head_object(Bucket=self.bucket, Key=key), key=key)
         info = _info(key, head)
-        self._recent.pop(key, None)
-        self._recent[key] = (time.monotonic(), info)
-        if len(self._recent) > RECENT_MAX:
-            self._recent.pop(next(iter(self._recent)))
+        self._recent.remember(info)
         return info
 
     async def read(
@@ -137,7 +154,7 @@ class S3Storage:
 
     async def delete(self, key: str) -> None:
         await self.stat(key)
-        self._recent.pop(key, None)
+        self._recent.forget(key)
         await upstream(self.client.delete_object(Bucket=self.bucket, Key=key))
 
     async def list(self, prefix: str = "", limit: int = 1000, cursor: str | None = None) -> ObjectPage:
