@@ -9,6 +9,9 @@ from __future__ import annotations
 import unicodedata
 
 MAX_KEY_BYTES = 1024
+# The backends keep their own files (upload state, temporary bytes) under this first
+# segment, in the same directory or bucket as the objects, so no key may use it.
+INTERNAL_PREFIX = ".stream-proxy"
 _RESERVED_FILENAMES = {"", ".", ".."}
 
 
@@ -36,6 +39,8 @@ def validate_key(key: str) -> str:
     for segment in key.split("/"):
         if segment in ("", ".", ".."):
             raise InvalidKey(f"key must not contain an empty, '.' or '..' segment: {key!r}")
+    if key.split("/", 1)[0] == INTERNAL_PREFIX:
+        raise InvalidKey(f"keys under {INTERNAL_PREFIX}/ are reserved")
     return key
 
 

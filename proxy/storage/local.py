@@ -2,10 +2,11 @@
 
 ``root/<key>`` holds the bytes. The backend's own files live under
 ``root/.stream-proxy/`` (a name keys cannot use): ``tmp/`` for uploads in progress,
-on the same filesystem so that publishing one is an atomic rename, and ``meta/<key>``
-for each object's content type and SHA-256. A metadata file records the inode, size
-and mtime of the data file it describes and is ignored if they no longer match, so a
-reader never pairs one version's bytes with another's metadata.
+on the same filesystem so that publishing one is an atomic rename, ``meta/<key>``
+for each object's content type and SHA-256, and ``uploads/`` for resumable uploads
+(see local_resumable). A metadata file records the inode, size and mtime of the data
+file it describes and is ignored if they no longer match, so a reader never pairs
+one version's bytes with another's metadata.
 
 All file system calls run in worker threads.
 """
@@ -16,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -23,13 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from proxy.keys import InvalidKey, validate_key
+from proxy.keys import INTERNAL_PREFIX, InvalidKey, validate_key
 from proxy.storage.base import KeyConflict, ObjectInfo, ObjectNotFound, ObjectPage, StorageError
 from proxy.storage.cleanup import Cleanups
 from proxy.streams import HashingReader
 
 T = TypeVar("T")
-INTERNAL_DIR = ".stream-proxy"
+INTERNAL_DIR = INTERNAL_PREFIX
 WRITE_BLOCK = 1024 * 1024
 SYNC_EVERY = 16 * 1024 * 1024
 READ_BLOCK = 256 * 1024
@@ -62,15 +64,21 @@ class LocalStorage:
         for entry in os.scandir(self._tmp):
             with contextlib.suppress(OSError):
                 if entry.stat().st_mtime < cutoff:
-                    os.unlink(entry.path)
+                    # Resumable uploads build and remove their directories here.
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path)
+                    else:
+                        os.unlink(entry.path)
+
+    def temp_path(self, suffix: str) -> Path:
+        """A fresh name in the backend's temporary directory, on the objects' file
+        system so that whatever is made there can be renamed into place."""
+        return self._tmp / f"{uuid.uuid4().hex}{suffix}"
 
     def path_for(self, key: str) -> Path:
         """The data file of ``key``; refuses keys that would escape the root or use
         the backend's own directory."""
-        validate_key(key)
-        if key.split("/", 1)[0] == INTERNAL_DIR:
-            raise InvalidKey(f"keys under {INTERNAL_DIR}/ are reserved")
-        return self.root / key
+        return self.root / validate_key(key)
 
     def _meta_path(self, key: str) -> Path:
         return self._meta / (key + ".json")
@@ -92,34 +100,24 @@ class LocalStorage:
         content_type: str | None,
         size: int | None = None,
     ) -> ObjectInfo:
-        path = self.path_for(key)
+        self.path_for(key)  # refuse a bad key before reading the body
         reader = HashingReader(body)
-        tmp_path = self._tmp / f"{uuid.uuid4().hex}.part"
+        tmp_path = self.temp_path(".part")
         fh: BinaryIO = await _run(open, tmp_path, "xb")
-        writing: asyncio.Future[Any] | None = None
-        syncing: asyncio.Future[Any] | None = None
-        unsynced = 0
+        writer = BlockWriter(fh)
         try:
-            # One block is written in a thread while the next is read from the client.
             while block := await reader.read(WRITE_BLOCK):
-                if writing is not None:
-                    await writing
-                writing = asyncio.ensure_future(_run(fh.write, block))
-                unsynced += len(block)
-                # Flush to disk as we go, so that the final fsync has little left to do.
-                if unsynced >= SYNC_EVERY and (syncing is None or syncing.done()):
-                    syncing = asyncio.ensure_future(_run(os.fdatasync, fh.fileno()))
-                    unsynced = 0
-            await _settle(writing, syncing)
+                await writer.write(block)
+            await writer.flush()
             meta = {"content_type": content_type, "sha256": reader.sha256}
-            return await _run(self._commit, key, path, fh, tmp_path, meta)
+            return await _run(self._commit, key, fh, tmp_path, meta)
         except BaseException:
-            await self._cleanups.run(self._discard(fh, tmp_path, writing, syncing))
+            await self._cleanups.run(self._discard(fh, tmp_path, writer))
             raise
 
-    async def _discard(self, fh: BinaryIO, tmp_path: Path, *running: asyncio.Future[Any] | None) -> None:
+    async def _discard(self, fh: BinaryIO, tmp_path: Path, writer: BlockWriter) -> None:
         with contextlib.suppress(BaseException):
-            await _settle(*running)
+            await writer.settle()
         await _run(self._remove_tmp, fh, tmp_path)
 
     @staticmethod
@@ -129,11 +127,25 @@ class LocalStorage:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_path)
 
-    def _commit(self, key: str, path: Path, fh: BinaryIO, tmp_path: Path, meta: dict[str, Any]) -> ObjectInfo:
+    def _commit(self, key: str, fh: BinaryIO, tmp_path: Path, meta: dict[str, Any]) -> ObjectInfo:
         fh.flush()
         os.fsync(fh.fileno())
         fh.close()
-        self._publish(tmp_path, path)
+        return self.publish_file(key, tmp_path, meta)
+
+    def publish_file(self, key: str, src: Path, meta: dict[str, Any]) -> ObjectInfo:
+        """Make ``src``, a finished file already on disk and on the root's file system,
+        the object ``key`` with ``meta`` (content_type, sha256), in one rename.
+        KeyConflict leaves ``src`` where it was. Blocking: call it in a thread."""
+        path = self.path_for(key)
+        try:
+            if not self._replace_into(src, path):
+                raise StorageError(f"could not create the directory for {path}")
+        except (NotADirectoryError, FileExistsError):
+            raise KeyConflict("a parent of the key is an existing object") from None
+        except IsADirectoryError:
+            raise KeyConflict("the key is an existing directory of objects") from None
+        fsync_dir(path.parent)
         st = path.stat()
         self._write_meta(key, st, meta)
         return self._info(key, st, meta)
@@ -151,23 +163,10 @@ class LocalStorage:
                 continue
         return False
 
-    def _publish(self, src: Path, dest: Path) -> None:
-        try:
-            if not self._replace_into(src, dest):
-                raise StorageError(f"could not create the directory for {dest}")
-        except (NotADirectoryError, FileExistsError):
-            raise KeyConflict("a parent of the key is an existing object") from None
-        except IsADirectoryError:
-            raise KeyConflict("the key is an existing directory of objects") from None
-        _fsync_dir(dest.parent)
-
     def _write_meta(self, key: str, st: os.stat_result, meta: dict[str, Any]) -> None:
         record = {**meta, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        tmp = self._tmp / f"{uuid.uuid4().hex}.meta"
-        with open(tmp, "w", encoding="utf-8") as out:
-            json.dump(record, out)
-            out.flush()
-            os.fsync(out.fileno())
+        tmp = self.temp_path(".meta")
+        write_synced(tmp, json.dumps(record).encode())
         if not self._replace_into(tmp, self._meta_path(key)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -301,12 +300,52 @@ class LocalStorage:
         return await _run(self._list, prefix, limit, cursor)
 
 
-async def _settle(*running: asyncio.Future[Any] | None) -> None:
-    """Wait for every started thread call, so none touches the file after we go on."""
-    outcomes = await asyncio.gather(*(f for f in running if f is not None), return_exceptions=True)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
+class BlockWriter:
+    """Writes a stream to a file in worker threads, one block while the caller gathers
+    the next, and syncs to disk on the way so that the final sync has little left."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self._queued: list[bytes | bytearray] = []
+        self._queued_size = 0
+        self._writing: asyncio.Future[Any] | None = None
+        self._syncing: asyncio.Future[Any] | None = None
+        self._unsynced = 0
+
+    async def write(self, data: bytes | bytearray) -> None:
+        """Take ``data`` (not to be changed afterwards); waits only for a block's turn."""
+        # Queued before any wait, so that flush() still writes it if this is cancelled.
+        self._queued.append(data)
+        self._queued_size += len(data)
+        if self._queued_size >= WRITE_BLOCK:
+            await self._dispatch()
+
+    async def flush(self) -> None:
+        """Write what is queued and wait for every write and sync to end."""
+        if self._queued:
+            await self._dispatch()
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Wait for every started thread call, so none touches the file after we go on."""
+        outcomes = await asyncio.gather(
+            *(f for f in (self._writing, self._syncing) if f is not None), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _dispatch(self) -> None:
+        if self._writing is not None:
+            await self._writing
+        # A block that came whole is written as it is, sparing a copy.
+        block = self._queued[0] if len(self._queued) == 1 else b"".join(self._queued)
+        self._queued, self._queued_size = [], 0
+        self._writing = asyncio.ensure_future(_run(self._fh.write, block))
+        self._unsynced += len(block)
+        if self._unsynced >= SYNC_EVERY and (self._syncing is None or self._syncing.done()):
+            self._syncing = asyncio.ensure_future(_run(os.fdatasync, self._fh.fileno()))
+            self._unsynced = 0
 
 
 def local_etag(st: os.stat_result) -> str:
@@ -314,7 +353,15 @@ def local_etag(st: os.stat_result) -> str:
     return f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"'
 
 
-def _fsync_dir(directory: Path) -> None:
+def write_synced(path: Path, data: bytes) -> None:
+    """Make ``path`` hold ``data``, on disk before this returns."""
+    with open(path, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

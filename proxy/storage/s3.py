@@ -12,7 +12,7 @@ import aioboto3
 from botocore.config import Config as BotoConfig
 
 from proxy.config import S3Config
-from proxy.keys import validate_key
+from proxy.keys import INTERNAL_PREFIX, validate_key
 from proxy.storage.base import ObjectInfo, ObjectPage
 from proxy.storage.budget import MemoryBudget
 from proxy.storage.cleanup import Cleanups
@@ -20,6 +20,8 @@ from proxy.storage.s3_errors import quoted_etag, upstream
 from proxy.storage.s3_upload import SHA256_META, S3Upload, UploadSettings
 
 READ_CHUNK = 256 * 1024
+# Resumable uploads keep their state and bytes under this prefix; it is not listed.
+_INTERNAL = INTERNAL_PREFIX + "/"
 
 
 class RecentStats:
@@ -70,7 +72,8 @@ class S3Storage:
         self.cfg = cfg
         self.bucket = cfg.bucket
         self.budget = MemoryBudget(cfg.memory_budget)
-        self._cleanups = Cleanups()
+        # Work that must outlive a cancelled request; close() waits for it.
+        self.cleanups = Cleanups()
         self._recent = RecentStats()
         self._settings = UploadSettings(cfg.part_size, cfg.max_concurrency)
         self._session = session or aioboto3.Session()
@@ -89,7 +92,7 @@ class S3Storage:
         )
 
     async def close(self) -> None:
-        await self._cleanups.drain()
+        await self.cleanups.drain()
         await self._stack.aclose()
         self._client = None
 
@@ -111,7 +114,7 @@ class S3Storage:
             size=size,
             settings=self._settings,
             budget=self.budget,
-            cleanups=self._cleanups,
+            cleanups=self.cleanups,
         )
         result = await upload.run(body)
         return ObjectInfo(
@@ -122,6 +125,10 @@ class S3Storage:
             content_type=content_type or "application/octet-stream",
             sha256=result.sha256,
         )
+
+    def forget_recent(self, key: str) -> None:
+        """``key`` was written by other means than write() (a resumable upload)."""
+        self._recent.forget(key)
 
     async def stat(self, key: str, *, recent: bool = False) -> ObjectInfo:
         validate_key(key)
@@ -158,21 +165,30 @@ class S3Storage:
         await upstream(self.client.delete_object(Bucket=self.bucket, Key=key))
 
     async def list(self, prefix: str = "", limit: int = 1000, cursor: str | None = None) -> ObjectPage:
-        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": limit}
-        if cursor:
-            args["StartAfter"] = cursor
-        response = await upstream(self.client.list_objects_v2(**args))
-        objects = [
-            ObjectInfo(
-                key=item["Key"],
-                size=int(item["Size"]),
-                etag=quoted_etag(item["ETag"]),
-                last_modified=item["LastModified"],
-            )
-            for item in response.get("Contents", [])
-        ]
-        more = bool(response.get("IsTruncated")) and objects
-        return ObjectPage(objects, objects[-1].key if more else None)
+        objects: list[ObjectInfo] = []
+        start_after = cursor
+        while True:
+            args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": limit - len(objects)}
+            if start_after:
+                args["StartAfter"] = start_after
+            response = await upstream(self.client.list_objects_v2(**args))
+            contents = response.get("Contents", [])
+            objects += [
+                ObjectInfo(
+                    key=item["Key"],
+                    size=int(item["Size"]),
+                    etag=quoted_etag(item["ETag"]),
+                    last_modified=item["LastModified"],
+                )
+                for item in contents
+                if not item["Key"].startswith(_INTERNAL)
+            ]
+            more = bool(response.get("IsTruncated")) and bool(contents)
+            # The backend's own objects were left out: read on until the page is full.
+            if not more or len(objects) >= limit:
+                break
+            start_after = contents[-1]["Key"]
+        return ObjectPage(objects, objects[-1].key if more and objects else None)
 
 
 def _info(key: str, head: dict[str, Any]) -> ObjectInfo:

@@ -1,9 +1,11 @@
-"""One streaming upload to S3: a PutObject for small bodies, else a multipart upload.
+"""Writing objects to S3: one streaming upload, and the calls it shares with resumable uploads.
 
-Parts are filled from the client one at a time and sent with up to
-``max_concurrency`` in flight, so an upload holds at most ``max_concurrency + 1``
-part buffers, each reserved from the process-wide MemoryBudget before it is read.
-Any failure aborts the multipart upload, so nothing partial is left in the bucket.
+S3Upload sends a small body with one PutObject and a larger one as a multipart
+upload. Parts are filled from the client one at a time and sent with up to
+``max_concurrency`` in flight (PartSender), so an upload holds at most
+``max_concurrency + 1`` part buffers, each reserved from the process-wide
+MemoryBudget before it is read. Any failure aborts the multipart upload, so nothing
+partial is left in the bucket.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from botocore.exceptions import ClientError
 
 from proxy.storage.base import ObjectTooLarge
 from proxy.storage.budget import MemoryBudget
@@ -25,7 +29,7 @@ from proxy.storage.part_sizing import (
     part_size_for_known_size,
     part_size_for_unknown_size,
 )
-from proxy.storage.s3_errors import quoted_etag, upstream
+from proxy.storage.s3_errors import error_code, quoted_etag, upstream
 from proxy.streams import HashingReader
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,160 @@ class UploadResult:
     etag: str
 
 
+@dataclass(frozen=True)
+class UploadTarget:
+    """The object an upload writes, and the S3 calls that write it."""
+
+    client: Any
+    bucket: str
+    key: str
+    content_type: str
+
+    async def put(self, data: bytes | bytearray, sha256: str) -> str:
+        """The whole object in one PutObject; returns its ETag."""
+        response = await upstream(
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self.key,
+                Body=data,
+                ContentType=self.content_type,
+                Metadata={SHA256_META: sha256},
+            )
+        )
+        return quoted_etag(response["ETag"])
+
+    async def create_multipart(self) -> str:
+        response = await upstream(
+            self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=self.key, ContentType=self.content_type
+            )
+        )
+        upload_id: str = response["UploadId"]
+        return upload_id
+
+    def part_sender(self, upload_id: str, *, max_concurrency: int, budget: MemoryBudget) -> PartSender:
+        return PartSender(self, upload_id, max_concurrency=max_concurrency, budget=budget)
+
+    async def complete(self, upload_id: str, etags: Mapping[int, str]) -> tuple[str, int]:
+        """Complete the multipart upload with exactly these parts (S3 refuses the
+        call if a part's ETag is not the one it holds); returns the object's ETag
+        and size."""
+        parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+        await upstream(
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        )
+        # Some servers (Ceph RGW) answer Complete with an empty ETag: ask for it.
+        head = await upstream(self.client.head_object(Bucket=self.bucket, Key=self.key))
+        return quoted_etag(head["ETag"]), int(head["ContentLength"])
+
+    async def attach_sha256(self, etag: str, size: int, sha256: str) -> str:
+        """Store the hash as user metadata, which S3 only takes when an object is
+        written: copy the object onto itself, guarded by its ETag so that a newer
+        upload to the same key is never relabelled. Servers that keep the data in
+        place (RGW) do this as a metadata update; S3 cannot copy more than 5 GiB."""
+        if size > MAX_PART_SIZE:
+            log.warning("%s: %d bytes is too large to attach sha256 metadata", self.key, size)
+            return etag
+        response = await upstream(
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=self.key,
+                CopySource={"Bucket": self.bucket, "Key": self.key},
+                CopySourceIfMatch=etag,
+                MetadataDirective="REPLACE",
+                ContentType=self.content_type,
+                Metadata={SHA256_META: sha256},
+            )
+        )
+        new_etag = response.get("CopyObjectResult", {}).get("ETag")
+        return quoted_etag(new_etag) if new_etag else etag
+
+    async def abort(self, upload_id: str) -> None:
+        """Abort the multipart upload; one that is gone already counts as aborted."""
+        await upstream(
+            _unless_gone(
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
+            )
+        )
+
+
+async def _unless_gone(call: Awaitable[Any]) -> None:
+    try:
+        await call
+    except ClientError as exc:
+        if error_code(exc) not in ("NoSuchUpload", "404"):
+            raise
+
+
+class PartSender:
+    """Sends parts of one multipart upload with at most ``max_concurrency`` in flight.
+
+    Each part owns its buffer and its MemoryBudget reservation from ``start`` on and
+    hands the reservation back once S3 has it, stored or not.
+    """
+
+    def __init__(
+        self, target: UploadTarget, upload_id: str, *, max_concurrency: int, budget: MemoryBudget
+    ) -> None:
+        self._target = target
+        self._upload_id = upload_id
+        self._max_concurrency = max_concurrency
+        self._budget = budget
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.etags: dict[int, str] = {}
+
+    async def wait_for_slot(self) -> None:
+        """Wait until another part may start; raises the first part failure."""
+        while len(self._tasks) >= self._max_concurrency:
+            await self._wait_any()
+
+    def start(self, number: int, data: bytearray, reserved: int) -> None:
+        self._tasks.add(asyncio.ensure_future(self._upload(number, data, reserved)))
+
+    async def wait_all(self) -> None:
+        """Wait for every part started; raises the first part failure."""
+        while self._tasks:
+            await self._wait_any()
+
+    async def cancel(self) -> None:
+        """Stop the parts still in flight and wait until they have let go of their buffers."""
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        for task in self._tasks:
+            if not task.cancelled():
+                with contextlib.suppress(BaseException):
+                    task.result()
+        self._tasks.clear()
+
+    async def _upload(self, number: int, data: bytearray, reserved: int) -> None:
+        target = self._target
+        try:
+            response = await upstream(
+                target.client.upload_part(
+                    Bucket=target.bucket,
+                    Key=target.key,
+                    UploadId=self._upload_id,
+                    PartNumber=number,
+                    Body=data,
+                    ContentLength=len(data),
+                )
+            )
+            self.etags[number] = response["ETag"]
+        finally:
+            del data
+            self._budget.release(reserved)
+
+    async def _wait_any(self) -> None:
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        self._tasks -= done
+        for task in done:
+            task.result()  # re-raise the first part failure
+
+
 class S3Upload:
     def __init__(
         self,
@@ -60,17 +218,13 @@ class S3Upload:
     ) -> None:
         if size is not None and size > MAX_OBJECT_SIZE:
             raise ObjectTooLarge(f"{size} bytes is over S3's object limit of {MAX_OBJECT_SIZE}")
-        self._client = client
-        self._bucket = bucket
-        self._key = key
-        self._content_type = content_type or "application/octet-stream"
+        self._target = UploadTarget(client, bucket, key, content_type or "application/octet-stream")
         self._size = size
         self._settings = settings
         self._budget = budget
         self._cleanups = cleanups
         self._upload_id: str | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._parts: dict[int, str] = {}
+        self._sender: PartSender | None = None
 
     def _part_size(self, number: int) -> int:
         if self._size is not None:
@@ -83,43 +237,27 @@ class S3Upload:
         try:
             first = await reader.read(self._part_size(1))
             if await reader.at_eof():
-                etag = await self._put_single(first, reader.sha256)
+                etag = await self._target.put(first, reader.sha256)
                 return UploadResult(reader.size, reader.sha256, etag)
-        except BaseException:
-            self._budget.release(reserved)
-            raise
-        try:
-            await self._start_multipart()
-            self._send(1, first, reserved)
+            self._upload_id = await self._target.create_multipart()
+            self._sender = self._target.part_sender(
+                self._upload_id, max_concurrency=self._settings.max_concurrency, budget=self._budget
+            )
+            self._sender.start(1, first, reserved)
+            reserved = 0
             del first
-            await self._send_rest(reader)
-            etag = await self._complete(reader.sha256)
+            await self._send_rest(reader, self._sender)
+            etag, size = await self._target.complete(self._upload_id, self._sender.etags)
+            self._upload_id = None
+            etag = await self._target.attach_sha256(etag, size, reader.sha256)
             return UploadResult(reader.size, reader.sha256, etag)
         except BaseException:
             await self._cleanups.run(self._abort())
             raise
+        finally:
+            self._budget.release(reserved)
 
-    async def _put_single(self, data: bytearray, sha256: str) -> str:
-        response = await upstream(
-            self._client.put_object(
-                Bucket=self._bucket,
-                Key=self._key,
-                Body=data,
-                ContentType=self._content_type,
-                Metadata={SHA256_META: sha256},
-            )
-        )
-        return quoted_etag(response["ETag"])
-
-    async def _start_multipart(self) -> None:
-        response = await upstream(
-            self._client.create_multipart_upload(
-                Bucket=self._bucket, Key=self._key, ContentType=self._content_type
-            )
-        )
-        self._upload_id = response["UploadId"]
-
-    async def _send_rest(self, reader: HashingReader) -> None:
+    async def _send_rest(self, reader: HashingReader, sender: PartSender) -> None:
         number = 1
         while not await reader.at_eof():
             number += 1
@@ -129,98 +267,20 @@ class S3Upload:
             reserved = await self._budget.acquire(size)
             try:
                 data = await reader.read(size)
+                await sender.wait_for_slot()
             except BaseException:
                 self._budget.release(reserved)
                 raise
-            await self._wait_for_slot()
-            self._send(number, data, reserved)
-        while self._tasks:
-            await self._wait_any()
-
-    def _send(self, number: int, data: bytearray, reserved: int) -> None:
-        task = asyncio.ensure_future(self._upload_part(number, data, reserved))
-        self._tasks.add(task)
-
-    async def _upload_part(self, number: int, data: bytearray, reserved: int) -> None:
-        try:
-            response = await upstream(
-                self._client.upload_part(
-                    Bucket=self._bucket,
-                    Key=self._key,
-                    UploadId=self._upload_id,
-                    PartNumber=number,
-                    Body=data,
-                    ContentLength=len(data),
-                )
-            )
-            self._parts[number] = response["ETag"]
-        finally:
-            del data
-            self._budget.release(reserved)
-
-    async def _wait_for_slot(self) -> None:
-        while len(self._tasks) >= self._settings.max_concurrency:
-            await self._wait_any()
-
-    async def _wait_any(self) -> None:
-        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
-        self._tasks -= done
-        for task in done:
-            task.result()  # re-raise the first part failure
-
-    async def _complete(self, sha256: str) -> str:
-        parts = [{"PartNumber": n, "ETag": self._parts[n]} for n in sorted(self._parts)]
-        await upstream(
-            self._client.complete_multipart_upload(
-                Bucket=self._bucket,
-                Key=self._key,
-                UploadId=self._upload_id,
-                MultipartUpload={"Parts": parts},
-            )
-        )
-        self._upload_id = None
-        # Some servers (Ceph RGW) answer Complete with an empty ETag: ask for it.
-        head = await upstream(self._client.head_object(Bucket=self._bucket, Key=self._key))
-        etag = quoted_etag(head["ETag"])
-        return await self._attach_sha256(etag, int(head["ContentLength"]), sha256)
-
-    async def _attach_sha256(self, etag: str, size: int, sha256: str) -> str:
-        """Store the hash as user metadata, which S3 only takes when an object is
-        written: copy the object onto itself, guarded by its ETag so that a newer
-        upload to the same key is never relabelled. Servers that keep the data in
-        place (RGW) do this as a metadata update; S3 cannot copy more than 5 GiB."""
-        if size > MAX_PART_SIZE:
-            log.warning("%s: %d bytes is too large to attach sha256 metadata", self._key, size)
-            return etag
-        response = await upstream(
-            self._client.copy_object(
-                Bucket=self._bucket,
-                Key=self._key,
-                CopySource={"Bucket": self._bucket, "Key": self._key},
-                CopySourceIfMatch=etag,
-                MetadataDirective="REPLACE",
-                ContentType=self._content_type,
-                Metadata={SHA256_META: sha256},
-            )
-        )
-        new_etag = response.get("CopyObjectResult", {}).get("ETag")
-        return quoted_etag(new_etag) if new_etag else etag
+            sender.start(number, data, reserved)
+        await sender.wait_all()
 
     async def _abort(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks)
-        for task in self._tasks:
-            if not task.cancelled():
-                with contextlib.suppress(BaseException):
-                    task.result()
-        self._tasks.clear()
+        if self._sender is not None:
+            await self._sender.cancel()
         if self._upload_id is None:
             return
         try:
-            await self._client.abort_multipart_upload(
-                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id
-            )
+            await self._target.abort(self._upload_id)
         except Exception:
-            log.exception("could not abort multipart upload %s of %s", self._upload_id, self._key)
+            # Logged, not raised: another error is already on its way up.
+            log.exception("could not abort multipart upload %s of %s", self._upload_id, self._target.key)
