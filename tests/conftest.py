@@ -13,6 +13,8 @@ import asyncio
 import os
 import socket
 import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -28,7 +30,9 @@ from moto.server import ThreadedMotoServer
 
 from proxy.app import create_app
 from proxy.config import Config, LocalConfig, S3Config, ServerConfig, StorageConfig
+from proxy.keys import INTERNAL_PREFIX
 from proxy.storage.local import INTERNAL_DIR, LocalStorage
+from proxy.storage.resumable import UploadState
 from proxy.storage.s3 import S3Storage
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -170,8 +174,11 @@ class LocalView(StoreView):
         )
 
     def leftovers(self) -> list[str]:
-        tmp = self.root / INTERNAL_DIR / "tmp"
-        return sorted(p.name for p in tmp.iterdir()) if tmp.exists() else []
+        """Temporary files by name, and resumable upload directories as ``upload <id>``."""
+        tmp, uploads = self.root / INTERNAL_DIR / "tmp", self.root / INTERNAL_DIR / "uploads"
+        found = [p.name for p in tmp.iterdir()] if tmp.exists() else []
+        found += [f"upload {p.name}" for p in uploads.iterdir()] if uploads.exists() else []
+        return sorted(found)
 
     def metadata(self, key: str) -> dict[str, Any]:
         import json
@@ -189,13 +196,26 @@ class S3View(StoreView):
         body: bytes = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         return body
 
-    def keys(self) -> list[str]:
+    def _all_keys(self) -> list[str]:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
         return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
 
+    def keys(self) -> list[str]:
+        return [k for k in self._all_keys() if not k.startswith(INTERNAL_PREFIX + "/")]
+
+    def internal_keys(self) -> list[str]:
+        """The backend's own objects (resumable uploads' state and bytes)."""
+        return [k for k in self._all_keys() if k.startswith(INTERNAL_PREFIX + "/")]
+
     def leftovers(self) -> list[str]:
+        """Multipart uploads as ``key:UploadId``, and resumable uploads as
+        ``upload <id>`` (as LocalView names them) whatever objects each has left."""
         uploads = self.client.list_multipart_uploads(Bucket=self.bucket).get("Uploads", [])
-        return sorted(f"{u['Key']}:{u['UploadId']}" for u in uploads)
+        found = {f"{u['Key']}:{u['UploadId']}" for u in uploads}
+        for key in self.internal_keys():
+            parts = key.split("/")
+            found.add(f"upload {parts[2]}" if parts[1] == "uploads" and len(parts) > 3 else key)
+        return sorted(found)
 
     def metadata(self, key: str) -> dict[str, Any]:
         head = self.client.head_object(Bucket=self.bucket, Key=key)
@@ -285,3 +305,56 @@ async def wait_until(predicate: Callable[[], bool], seconds: float = 10.0) -> No
     async with asyncio.timeout(seconds):
         while not predicate():
             await asyncio.sleep(0.05)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def start_server(port: int, **settings: str) -> asyncio.subprocess.Process:
+    env = {**os.environ, **{f"STREAM_PROXY_{k.upper()}": v for k, v in settings.items()}}
+    return await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "proxy", "serve", "--config", "config.toml", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+
+
+async def wait_for_port(port: int) -> None:
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.1)
+
+
+def backend_settings(backend: Backend) -> dict[str, str]:
+    storage = backend.config.storage
+    if storage.backend == "local":
+        return {"storage_local_root": str(storage.local.root)}
+    s3 = storage.s3
+    return {
+        "storage_backend": "s3",
+        "storage_s3_bucket": s3.bucket,
+        "storage_s3_endpoint_url": str(s3.endpoint_url),
+        "storage_s3_region": str(s3.region),
+        "storage_s3_addressing_style": "path",
+    }
+
+
+def new_upload_state(length: int | None = None, key: str = "videos/clip.mp4") -> UploadState:
+    """A fresh resumable upload's state, as the tus handler makes one at creation."""
+    now = time.time()
+    return UploadState(
+        id=uuid.uuid4().hex,
+        key=key,
+        content_type="video/mp4",
+        length=length,
+        metadata="",
+        created=now,
+        expires=now + 3600,
+    )
