@@ -20,6 +20,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from proxy.tus_protocol import validate_key_template
+
 ENV_PREFIX = "STREAM_PROXY_"
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -105,9 +107,24 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class TusConfig:
+    # Key of a finished upload: {id} is the upload's id, {filename} the filename from
+    # its metadata reduced to one safe segment (the id again when there is none).
+    key_template: str = "{id}/{filename}"
+    # Seconds an upload may sit idle before it expires and is removed.
+    expiration: float = 86400.0
+    # Seconds between sweeps for expired uploads.
+    sweep_interval: float = 600.0
+    # S3: seconds a writer's lock on an upload lasts unless renewed. A process that
+    # dies while writing blocks that upload for at most this long.
+    lock_lease: float = 30.0
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    tus: TusConfig = field(default_factory=TusConfig)
 
 
 def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
@@ -265,6 +282,16 @@ def _validate(config: Config) -> None:
             "storage.s3.connect_timeout/read_timeout: must be positive",
         ),
     ]
+    tus = config.tus
+    checks += [
+        (tus.expiration > 0, "tus.expiration: must be positive"),
+        (tus.sweep_interval > 0, "tus.sweep_interval: must be positive"),
+        (tus.lock_lease >= 1, "tus.lock_lease: must be at least 1 second"),
+    ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    try:
+        validate_key_template(tus.key_template)
+    except ValueError as exc:
+        raise ConfigError(f"tus.key_template: {exc}") from None

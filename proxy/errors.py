@@ -43,6 +43,8 @@ _MAPPED: list[tuple[type[Exception], int, str]] = [
     (BodyTooLarge, 413, "too_large"),
     (ObjectTooLarge, 413, "too_large"),
     (UpstreamError, 502, "upstream_error"),
+    # The client went away mid-body: nobody reads the answer, but it is no server error.
+    (ConnectionResetError, 400, "client_disconnected"),
 ]
 
 

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import Backend, free_port
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, Backend, backend_settings, free_port, start_server, wait_for_port
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -46,42 +44,6 @@ def test_bad_environment_override_names_the_setting() -> None:
 def test_missing_config_file() -> None:
     result = run_cli("serve", "--config", "/nonexistent.toml")
     assert result.returncode == 2 and "/nonexistent.toml" in result.stderr
-
-
-async def start_server(port: int, **settings: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, **{f"STREAM_PROXY_{k.upper()}": v for k, v in settings.items()}}
-    return await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "proxy", "serve", "--config", "config.toml", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-
-
-async def wait_for_port(port: int) -> None:
-    async with asyncio.timeout(30):
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                return
-            except OSError:
-                await asyncio.sleep(0.1)
-
-
-def backend_settings(backend: Backend) -> dict[str, str]:
-    storage = backend.config.storage
-    if storage.backend == "local":
-        return {"storage_local_root": str(storage.local.root)}
-    s3 = storage.s3
-    return {
-        "storage_backend": "s3",
-        "storage_s3_bucket": s3.bucket,
-        "storage_s3_endpoint_url": str(s3.endpoint_url),
-        "storage_s3_region": str(s3.region),
-        "storage_s3_addressing_style": "path",
-    }
 
 
 async def test_shutdown_mid_upload_leaves_nothing(backend: Backend) -> None:

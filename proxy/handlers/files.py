@@ -30,7 +30,7 @@ def object_key(request: web.Request) -> str:
     return validate_key(request.match_info["key"])
 
 
-def _content_type(declared: str | None, key: str) -> str:
+def content_type_for(declared: str | None, key: str) -> str:
     if declared and declared != "application/octet-stream":
         return declared
     return mimetypes.guess_type(key)[0] or declared or "application/octet-stream"
@@ -71,7 +71,7 @@ async def put_file(request: web.Request) -> web.Response:
     info = await request.app[STORAGE].write(
         key,
         _limit(request, _request_chunks(request)),
-        content_type=_content_type(declared, key),
+        content_type=content_type_for(declared, key),
         size=size,
     )
     return web.json_response(info.as_json(), status=201)
@@ -105,7 +105,7 @@ async def post_files(request: web.Request) -> web.Response:
             if remaining:
                 body = limited(body, remaining)
             info = await storage.write(
-                key, body, content_type=_content_type(part.headers.get("Content-Type"), key)
+                key, body, content_type=content_type_for(part.headers.get("Content-Type"), key)
             )
             if remaining:
                 remaining = max(1, remaining - info.size)

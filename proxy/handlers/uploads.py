@@ -1,0 +1,280 @@
+"""Resumable uploads at /uploads/: the tus 1.0.0 protocol over a ResumableStore.
+
+Header rules are pure functions in proxy.tus_protocol; bytes, state and locking are
+the store's. This module decides statuses and headers, and nothing here keeps an
+upload's state between requests: any process sharing the backend can answer.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from urllib.parse import quote
+from uuid import uuid4
+
+from aiohttp import web
+
+from proxy.errors import ApiError, Handler, to_api_error
+from proxy.handlers.files import content_type_for
+from proxy.http_conditions import format_http_date
+from proxy.storage.resumable import (
+    UPLOAD_ID,
+    ChecksumMismatch,
+    ResumableStore,
+    UploadBody,
+    UploadLocked,
+    UploadNotFound,
+    UploadState,
+)
+from proxy.tus_protocol import (
+    CHECKSUM_ALGORITHMS,
+    EXTENSIONS,
+    OFFSET_CONTENT_TYPE,
+    SUPPORTED_VERSIONS,
+    TUS_VERSION,
+    TusHeaderError,
+    metadata_text,
+    object_key_for,
+    parse_checksum,
+    parse_defer_length,
+    parse_metadata,
+    parse_uint,
+    upload_location,
+)
+
+BASE = "/uploads"
+
+
+@dataclass(frozen=True)
+class TusSettings:
+    key_template: str
+    expiration: float
+    max_size: int  # 0: no limit of our own
+
+
+UPLOADS: web.AppKey[ResumableStore] = web.AppKey("uploads", ResumableStore)
+TUS: web.AppKey[TusSettings] = web.AppKey("tus", TusSettings)
+
+_ERRORS: list[tuple[type[Exception], int, str]] = [
+    (TusHeaderError, 400, "invalid_header"),
+    (UploadNotFound, 404, "not_found"),
+    (UploadLocked, 423, "locked"),
+    (ChecksumMismatch, 460, "checksum_mismatch"),
+]
+
+
+def tus_endpoint(handler: Handler) -> Handler:
+    """Checks Tus-Resumable and puts it on every answer, errors included."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            if request.method != "OPTIONS":
+                version = request.headers.get("Tus-Resumable")
+                if version not in SUPPORTED_VERSIONS:
+                    raise ApiError(
+                        412,
+                        "unsupported_version",
+                        f"Tus-Resumable must be one of {', '.join(SUPPORTED_VERSIONS)}, got {version!r}",
+                        headers={"Tus-Version": ",".join(SUPPORTED_VERSIONS)},
+                    )
+            response = await handler(request)
+        except Exception as exc:
+            api = _tus_error(exc)
+            if api is None:
+                raise
+            api.headers["Tus-Resumable"] = TUS_VERSION
+            raise api from exc
+        response.headers["Tus-Resumable"] = TUS_VERSION
+        return response
+
+    return wrapped
+
+
+def _tus_error(exc: Exception) -> ApiError | None:
+    for cls, status, error in _ERRORS:
+        if isinstance(exc, cls):
+            message = f"no upload {exc}" if isinstance(exc, UploadNotFound) else str(exc)
+            return ApiError(status, error, message)
+    return to_api_error(exc)
+
+
+def _upload_id(request: web.Request) -> str:
+    upload_id = request.match_info["upload_id"]
+    if not UPLOAD_ID.fullmatch(upload_id):
+        raise UploadNotFound(upload_id)
+    return upload_id
+
+
+def _check_live(state: UploadState) -> None:
+    if state.expired():
+        raise ApiError(410, "expired", f"upload {state.id} has expired")
+
+
+def _state_headers(state: UploadState) -> dict[str, str]:
+    headers = {
+        "Upload-Offset": str(state.offset),
+        "Upload-Expires": format_http_date(datetime.fromtimestamp(state.expires, UTC)),
+    }
+    if state.done:
+        headers["Object-Location"] = "/files/" + quote(state.key)
+    return headers
+
+
+def _check_size(length: int, settings: TusSettings) -> None:
+    if settings.max_size and length > settings.max_size:
+        raise ApiError(413, "too_large", f"the upload is larger than the limit of {settings.max_size} bytes")
+
+
+async def _request_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    while chunk := await request.content.readany():
+        yield chunk
+
+
+def _has_body(request: web.Request) -> bool:
+    return request.body_exists
+
+
+async def options(request: web.Request) -> web.Response:
+    settings = request.app[TUS]
+    headers = {
+        "Tus-Version": ",".join(SUPPORTED_VERSIONS),
+        "Tus-Extension": ",".join(EXTENSIONS),
+        "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS),
+    }
+    if settings.max_size:
+        headers["Tus-Max-Size"] = str(settings.max_size)
+    return web.Response(status=204, headers=headers)
+
+
+async def create(request: web.Request) -> web.Response:
+    settings = request.app[TUS]
+    store = request.app[UPLOADS]
+    length = parse_uint(request.headers.get("Upload-Length"), "Upload-Length")
+    deferred = parse_defer_length(request.headers.get("Upload-Defer-Length"))
+    if (length is None) == (not deferred):
+        raise TusHeaderError("send either Upload-Length or Upload-Defer-Length: 1")
+    if length is not None:
+        _check_size(length, settings)
+    _check_content_type(request)
+    raw_metadata = request.headers.get("Upload-Metadata", "")
+    metadata = parse_metadata(raw_metadata)
+    upload_id = uuid4().hex
+    key = object_key_for(settings.key_template, upload_id, metadata_text(metadata, "filename"))
+    now = time.time()
+    state = await store.create(
+        UploadState(
+            id=upload_id,
+            key=key,
+            content_type=content_type_for(metadata_text(metadata, "filetype"), key),
+            length=length,
+            metadata=raw_metadata.strip(),
+            created=now,
+            expires=now + settings.expiration,
+        )
+    )
+    if _has_body(request) or state.complete:
+        # creation-with-upload; an empty upload is complete at once.
+        state = await _write(request, upload_id, offset=0)
+    headers = {"Location": upload_location(BASE, upload_id), **_state_headers(state)}
+    return web.Response(status=201, headers=headers)
+
+
+def _check_content_type(request: web.Request) -> None:
+    if request.content_type != OFFSET_CONTENT_TYPE and _has_body(request):
+        raise ApiError(415, "unsupported_media_type", f"the body needs Content-Type: {OFFSET_CONTENT_TYPE}")
+
+
+async def head(request: web.Request) -> web.Response:
+    state = await request.app[UPLOADS].get(_upload_id(request))
+    _check_live(state)
+    headers = {"Cache-Control": "no-store", **_state_headers(state)}
+    if state.length is None:
+        headers["Upload-Defer-Length"] = "1"
+    else:
+        headers["Upload-Length"] = str(state.length)
+    if state.metadata:
+        headers["Upload-Metadata"] = state.metadata
+    return web.Response(status=200, headers=headers)
+
+
+async def patch(request: web.Request) -> web.Response:
+    upload_id = _upload_id(request)
+    if request.content_type != OFFSET_CONTENT_TYPE:
+        raise ApiError(415, "unsupported_media_type", f"PATCH needs Content-Type: {OFFSET_CONTENT_TYPE}")
+    offset = parse_uint(request.headers.get("Upload-Offset"), "Upload-Offset")
+    if offset is None:
+        raise TusHeaderError("PATCH needs Upload-Offset")
+    state = await _write(request, upload_id, offset=offset)
+    return web.Response(status=204, headers=_state_headers(state))
+
+
+async def _write(request: web.Request, upload_id: str, *, offset: int) -> UploadState:
+    """Append the request's body at ``offset`` under the upload's lock, and publish
+    the object once the last byte is in."""
+    settings = request.app[TUS]
+    store = request.app[UPLOADS]
+    checksum = parse_checksum(request.headers.get("Upload-Checksum"))
+    declared = parse_uint(request.headers.get("Upload-Length"), "Upload-Length")
+    async with store.lock(upload_id) as state:
+        _check_live(state)
+        if offset != state.offset:
+            raise ApiError(
+                409, "offset_mismatch", f"Upload-Offset is {offset} but the upload is at {state.offset}"
+            )
+        if declared is not None and declared != state.length:
+            if state.length is not None:
+                raise TusHeaderError(f"the upload's length is already {state.length}")
+            if declared < state.offset:
+                raise TusHeaderError(f"Upload-Length {declared} is less than the bytes received")
+            _check_size(declared, settings)
+            state = replace(state, length=declared)
+        if state.length is not None:
+            room: int | None = state.length - state.offset
+        else:
+            room = settings.max_size - state.offset if settings.max_size else None
+        if room is not None and (request.content_length or 0) > room:
+            raise ApiError(413, "too_large", f"the chunk goes past the upload's length ({room} bytes left)")
+        state = replace(state, expires=time.time() + settings.expiration)
+        if state.done:
+            return state
+        if _has_body(request):
+            body = UploadBody(_request_chunks(request), state=state, checksum=checksum, limit=room)
+            state = await store.append(state, body)
+        else:
+            state = await store.save(state)
+        if state.complete:
+            await store.finish(state)
+            state = replace(state, done=True)
+        return state
+
+
+async def terminate(request: web.Request) -> web.Response:
+    store = request.app[UPLOADS]
+    async with store.lock(_upload_id(request)) as state:
+        await store.terminate(state)
+    return web.Response(status=204)
+
+
+async def method_override(request: web.Request) -> web.StreamResponse:
+    """POST with X-HTTP-Method-Override, for clients that cannot send PATCH or DELETE."""
+    override = request.headers.get("X-HTTP-Method-Override", "").upper()
+    handlers = {"PATCH": patch, "DELETE": terminate, "HEAD": head}
+    if override not in handlers:
+        raise ApiError(405, "method_not_allowed", "POST to an upload needs X-HTTP-Method-Override")
+    return await handlers[override](request)
+
+
+def add_routes(app: web.Application) -> None:
+    upload = BASE + "/{upload_id}"
+    for path in (BASE, BASE + "/"):
+        app.router.add_route("OPTIONS", path, tus_endpoint(options))
+        app.router.add_post(path, tus_endpoint(create))
+    app.router.add_route("OPTIONS", upload, tus_endpoint(options))
+    app.router.add_head(upload, tus_endpoint(head))
+    app.router.add_patch(upload, tus_endpoint(patch))
+    app.router.add_delete(upload, tus_endpoint(terminate))
+    app.router.add_post(upload, tus_endpoint(method_override))
