@@ -20,5 +20,7 @@ Environment:
   the range requests (1 MiB each) start at random offsets inside it.
 - ``BENCH_RANGE_COUNT`` (200): range requests per side and round of the latency
   measurements; median and p99 are reported.
+- ``BENCH_TUS_MIB`` (500) and ``BENCH_TUS_CHUNK_MIB`` (8): size of the resumable (tus)
+  upload and of each of its PATCHes, timed beside one PUT of the same size.
 - ``BENCH_ONLY``: comma-separated measurement names to run (default: all).
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import statistics
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from bench.servers import (
     s3_storage_tables,
 )
 from bench.settings import BenchError, MiB, Settings
+from bench.tus import tus_upload
 from bench.upload import (
     direct_multipart_upload,
     plain_file_write,
@@ -139,11 +141,13 @@ async def throughput_rounds(
 
 
 async def alternate(
-    ctx: BenchContext, name: str, proxy: Transfer, reference: Transfer
+    ctx: BenchContext, name: str, proxy: Transfer, reference: Transfer, size: int | None = None
 ) -> tuple[list[float], list[float]]:
-    """Warm up each side once, then run both ``rounds`` times, alternating which goes
-    first; returns MB/s per round of (proxy, reference)."""
-    size, warmup = ctx.settings.size, ctx.settings.warmup
+    """Warm up each side once, then move ``size`` bytes (default: the upload size)
+    ``rounds`` times on both, alternating which goes first; returns MB/s per round of
+    (proxy, reference)."""
+    size = ctx.settings.size if size is None else size
+    warmup = ctx.settings.warmup
     await ctx.payload.sha256(size)  # computed once, outside any timing
     if warmup:
         await proxy(f"{name}/warmup-proxy", warmup, True)
@@ -286,6 +290,49 @@ async def local_upload(ctx: BenchContext) -> list[Row]:
             # while the proxy shares the cores with the benchmark's own client.
             min_ratio=None,
             reference_name="open + write 8 MiB blocks + fsync + close, same filesystem",
+        )
+
+
+async def tus_upload_throughput(
+    ctx: BenchContext, name: str, backend: str, server: ProxyProcess, delete: Callable[[str], Awaitable[None]]
+) -> list[Row]:
+    """A tus upload in ``tus_chunk`` PATCHes vs one PUT of the same bytes, both through
+    ``server``; the issue names no target, so the row only informs."""
+    size, chunk = ctx.settings.tus_size, ctx.settings.tus_chunk
+    cpu = CpuMeter(server)
+
+    async def via_tus(key: str, size: int, warmup: bool) -> float:
+        async with cpu.measuring(size, record=not warmup):
+            start = time.perf_counter()
+            stored = await tus_upload(ctx.http, server.url, key.replace("/", "-"), ctx.payload, size, chunk)
+            seconds = time.perf_counter() - start
+        await delete(stored)
+        return seconds
+
+    via_put = timed_proxy_put(ctx, server, CpuMeter(server), delete)
+    tus_rates, put_rates = await alternate(ctx, name, via_tus, via_put, size)
+    measurement = f"{backend} tus upload {_size(size)}, {chunk // MiB} MiB PATCHes"
+    return [
+        throughput_row(
+            measurement,
+            tus_rates,
+            put_rates,
+            min_ratio=None,
+            reference_name=f"one PUT of {_size(size)} through the same proxy",
+            notes=[cpu.note(measurement)],
+        )
+    ]
+
+
+async def s3_tus_upload(ctx: BenchContext) -> list[Row]:
+    async with ctx.s3_proxy("s3-tus-upload") as server:
+        return await tus_upload_throughput(ctx, "s3-tus-upload", "S3", server, ctx.delete_s3)
+
+
+async def local_tus_upload(ctx: BenchContext) -> list[Row]:
+    async with ctx.local_proxy("local-tus-upload", ctx.workdir / "tus-root") as server:
+        return await tus_upload_throughput(
+            ctx, "local-tus-upload", "local", server, lambda key: proxy_delete(ctx.http, server.url, key)
         )
 
 
@@ -631,6 +678,8 @@ Measurement = Callable[[BenchContext], Awaitable[list[Row]]]
 MEASUREMENTS: dict[str, Measurement] = {
     "s3_upload": s3_upload,
     "local_upload": local_upload,
+    "s3_tus_upload": s3_tus_upload,
+    "local_tus_upload": local_tus_upload,
     "proxy_rss": proxy_rss,
     "s3_download": s3_download,
     "local_download": local_download,

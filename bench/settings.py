@@ -23,6 +23,9 @@ class Settings:
     # The object the download measurements read, and how many ranges of it time latency.
     download_size: int = 1024 * MiB
     range_count: int = 200
+    # The resumable (tus) upload: its size and the size of each PATCH.
+    tus_size: int = 500 * MiB
+    tus_chunk: int = 8 * MiB
     # The proxy's S3 upload settings, which the direct reference upload copies.
     part_size: int = 6 * MiB
     concurrency: int = 4
@@ -47,6 +50,8 @@ class Settings:
             warmup=_mib(env, "BENCH_WARMUP_MIB", 32, minimum=0),
             download_size=_mib(env, "BENCH_DOWNLOAD_MIB", 1024, minimum=1),
             range_count=_int(env, "BENCH_RANGE_COUNT", 200, minimum=1),
+            tus_size=_mib(env, "BENCH_TUS_MIB", 500, minimum=1),
+            tus_chunk=_mib(env, "BENCH_TUS_CHUNK_MIB", 8, minimum=1),
             s3_endpoint=env.get("STREAM_PROXY_BENCH_S3") or None,
             access_key=env.get("S3_ACCESS_KEY", "testaccesskey"),
             secret_key=env.get("S3_SECRET_KEY", "testsecretkey"),
