@@ -6,47 +6,14 @@ import asyncio
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 
 from proxy.splice import SourceError, send_all, splice_exactly, wait_ready
+from tests.net import receive, tcp_pair
 
 MiB = 1024 * 1024
 TIMEOUT = 10.0
-
-
-@asynccontextmanager
-async def tcp_pair() -> AsyncIterator[tuple[socket.socket, socket.socket]]:
-    """Two ends of a loopback TCP connection, both non-blocking."""
-    loop = asyncio.get_running_loop()
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        server.setblocking(False)
-        client = socket.socket()
-        client.setblocking(False)
-        accepting = asyncio.ensure_future(loop.sock_accept(server))
-        await loop.sock_connect(client, server.getsockname())
-        accepted, _ = await accepting
-    accepted.setblocking(False)
-    try:
-        yield client, accepted
-    finally:
-        client.close()
-        accepted.close()
-
-
-async def receive(sock: socket.socket, count: int, *, slowly: bool = False) -> bytes:
-    loop = asyncio.get_running_loop()
-    received = bytearray()
-    while len(received) < count:
-        data = await loop.sock_recv(sock, min(64 * 1024, count - len(received)))
-        if not data:
-            break
-        received += data
-        if slowly:
-            await asyncio.sleep(0.001)
-    return bytes(received)
 
 
 def pattern(size: int) -> bytes:

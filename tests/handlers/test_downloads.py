@@ -25,7 +25,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -39,6 +38,7 @@ from proxy.app import create_app
 from proxy.config import Config, LocalConfig, ServerConfig, StorageConfig
 from proxy.storage.local import LocalStorage
 from tests.conftest import Backend, MiB, S3Endpoint, backend_for, make_bucket, s3_config, wait_until
+from tests.net import TcpTap
 from tests.s3_interposer import S3Interposer
 
 N = 1000  # the "about a thousand bytes" object of the range tables
@@ -1017,70 +1017,6 @@ async def test_objects_changed_by_another_writer_are_seen(
 
 
 # -- clients that go away in the middle of a download ---------------------------------------------------
-
-
-@dataclass
-class TapConnection:
-    open: bool = True
-    sent: bytes = b""  # what the proxy sent S3 (requests only: nothing big is uploaded here)
-    bytes_down: int = 0  # what S3 sent the proxy
-
-
-class TcpTap:
-    """A TCP relay in front of S3: the connections the proxy opens and what flows on each."""
-
-    def __init__(self, upstream_url: str) -> None:
-        parts = urlsplit(upstream_url)
-        assert parts.hostname and parts.port
-        self.host, self.port = parts.hostname, parts.port
-        self.connections: list[TapConnection] = []
-        self.url = ""
-        self._server: asyncio.Server | None = None
-        self._relays: set[asyncio.Task[Any]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in self._relays:
-            task.cancel()
-        await asyncio.gather(*self._relays, return_exceptions=True)
-
-    async def _relay(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._relays.add(task)
-        task.add_done_callback(self._relays.discard)
-        conn = TapConnection()
-        self.connections.append(conn)
-        up_r, up_w = await asyncio.open_connection(self.host, self.port)
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await src.read(64 * 1024):
-                    if upstream:
-                        conn.sent += data
-                    else:
-                        conn.bytes_down += len(data)
-                    dst.write(data)
-                    await dst.drain()
-
-        tasks = [
-            asyncio.create_task(pipe(down_r, up_w, True)),
-            asyncio.create_task(pipe(up_r, down_w, False)),
-        ]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for writer in (up_w, down_w):
-                writer.close()
-            conn.open = False
 
 
 class RunAppServer(TestServer):
