@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit
 
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
+from botocore.exceptions import BotoCoreError
 
 from proxy.http_response_head import MalformedHead, ResponseHead, parse_head, split_head
 from proxy.splice import SourceError, send_all, splice_exactly
@@ -154,7 +155,11 @@ class S3Relay:
         if byte_range is not None:
             headers["Range"] = byte_range
         request = AWSRequest(method="GET", url=self._origin + path, headers=headers)
-        S3SigV4Auth(await self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
+        try:
+            credentials = await self._credentials.get_frozen_credentials()
+        except BotoCoreError:
+            return None  # e.g. a role's refresh failed: botocore reports it properly
+        S3SigV4Auth(credentials, "s3", self._region).add_auth(request)
         lines = [f"GET {path} HTTP/1.1", *(f"{name}: {value}" for name, value in request.headers.items())]
         lines.append(f"User-Agent: {USER_AGENT}")  # left unsigned, as botocore does
         return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")

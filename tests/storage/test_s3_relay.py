@@ -10,14 +10,17 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from aiobotocore.credentials import AioRefreshableCredentials
 from aiohttp.test_utils import TestServer
+from botocore.exceptions import CredentialRetrievalError
 
 from proxy.storage.base import BodyRelay, ObjectNotFound
 from proxy.storage.s3 import S3Storage
-from proxy.storage.s3_relay import USER_AGENT
+from proxy.storage.s3_relay import USER_AGENT, S3Relay
 from tests.conftest import MiB, S3Endpoint, S3View, make_bucket, s3_config, wait_until
 from tests.net import TcpTap, receive, tcp_pair
 from tests.s3_interposer import S3Interposer
@@ -216,3 +219,25 @@ async def test_https_endpoints_are_never_relayed(bucket: str) -> None:
         assert await storage.open_relay("x.bin", 0, 9, etag='"abc"', size=10) is None
     finally:
         await storage.close()
+
+
+async def test_credentials_that_cannot_be_refreshed_leave_the_read_to_botocore() -> None:
+    async def refresh() -> dict[str, str]:
+        raise CredentialRetrievalError(provider="test", error_msg="the role endpoint is down")
+
+    expired = {
+        "access_key": "a",
+        "secret_key": "s",
+        "token": "t",
+        "expiry_time": (datetime.now(UTC) - timedelta(hours=1)).isoformat(),
+    }
+    credentials = AioRefreshableCredentials.create_from_metadata(expired, refresh, "test")
+    relay = S3Relay(
+        "http://127.0.0.1:9/bucket/",
+        credentials,
+        "us-east-1",
+        max_connections=1,
+        connect_timeout=1,
+        read_timeout=1,
+    )
+    assert await relay.open("x.bin", 0, 9, etag='"abc"', size=10) is None
