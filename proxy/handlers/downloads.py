@@ -249,6 +249,8 @@ class Body:
                 await self._sendfile(request, response, self._file, byte_range)
             elif index == 0 and self._first_relay is not None:
                 await self._relay(self._first_relay)
+                # Its connection now serves the next range (and with one allowed, must).
+                self._first_relay.close()
             elif index == 0 and self._first is not None:
                 await response.write(self._first_chunk)
                 await _copy(self._first, response)

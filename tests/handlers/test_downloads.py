@@ -1015,6 +1015,26 @@ async def test_s3_relayed_responses_keep_the_client_connection_alive(s3_recorded
     assert all(c.relayed for c in s3_recorded.get_objects())
 
 
+@pytest.mark.parametrize("server", ["moto", pytest.param("real", marks=pytest.mark.real_s3)])
+async def test_s3_ranges_of_one_answer_take_turns_on_one_allowed_connection(
+    request: pytest.FixtureRequest, tmp_path: Path, server: str
+) -> None:
+    if server == "real":
+        backend: Backend = request.getfixturevalue("real_backend")
+    else:
+        endpoint = request.getfixturevalue("moto_endpoint")
+        backend = backend_for("s3", tmp_path, endpoint, request.getfixturevalue("moto_bucket"))
+    s3 = replace(backend.config.storage.s3, max_pool_connections=1)
+    client = await start_client(replace(backend.config, storage=replace(backend.config.storage, s3=s3)))
+    try:
+        data = object_bytes(N)
+        await upload(client, "one.mp4", data)
+        r = await raw(client, "GET", "/files/one.mp4", {"Range": "bytes=0-9,100-199,-5"})
+        assert [part for _, part in parse_byteranges(r)] == [data[0:10], data[100:200], data[995:]]
+    finally:
+        await client.close()
+
+
 def self_signed_context(tmp_path: Path) -> ssl.SSLContext:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
