@@ -198,6 +198,8 @@ class Body:
         self._file: BinaryIO | None = None
         self._first: AsyncIterator[bytes] | None = None
         self._first_chunk = b""
+        # Both set when reads can be relayed to the client's socket.
+        self._relayed: Relayed | None = None
         self._client: ClientSocket | None = None
         self._first_relay: BodyRelay | None = None
 
@@ -209,6 +211,7 @@ class Body:
             return
         if isinstance(self.storage, Relayed):
             self._client = ClientSocket.of(transport)
+            self._relayed = self.storage if self._client is not None else None
         self._first_relay = await self._open_relay(self.parts[0][1])
         if self._first_relay is not None:
             return
@@ -234,10 +237,10 @@ class Body:
         return self.storage.read(self.info.key, byte_range.start, end, etag=self.info.etag)
 
     async def _open_relay(self, byte_range: ByteRange) -> BodyRelay | None:
-        if self._client is None or not isinstance(self.storage, Relayed):
+        if self._relayed is None:
             return None
         end = None if self.whole else byte_range.end
-        return await self.storage.open_relay(
+        return await self._relayed.open_relay(
             self.info.key, byte_range.start, end, etag=self.info.etag, size=self.info.size
         )
 
