@@ -2,7 +2,8 @@
 
 The protocol decisions are pure functions (http_conditions, http_ranges); this module
 only gathers what they need and writes the answer. Every range becomes one read from
-the backend: one ranged GetObject on S3, sendfile on a local file.
+the backend: one ranged GetObject on S3, sendfile on a local file. S3 bodies go from
+the backend's connection to the client's socket with splice when both allow it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import BinaryIO
 from aiohttp import web
 
 from proxy.errors import ApiError
+from proxy.handlers.client_socket import ClientSocket
 from proxy.handlers.files import STORAGE, object_key
 from proxy.http_conditions import evaluate_preconditions, format_http_date, if_range_allows_partial
 from proxy.http_ranges import (
@@ -30,7 +32,15 @@ from proxy.http_ranges import (
     multipart_byteranges,
     parse_range,
 )
-from proxy.storage.base import FileBacked, ObjectInfo, ObjectNotFound, Storage, StorageError
+from proxy.storage.base import (
+    BodyRelay,
+    FileBacked,
+    ObjectInfo,
+    ObjectNotFound,
+    Relayed,
+    Storage,
+    StorageError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +148,17 @@ async def answer(
     if not parts and not verified:
         raise Unverified
     body = Body(storage, info, parts, closing, whole=isinstance(decision, WholeBody))
-    await body.open()  # may still fail cleanly: nothing has been sent
+    try:
+        await body.open(request.transport)  # may still fail cleanly: nothing has been sent
+        await send_body(request, response, body)
+    finally:
+        await body.close()
+    return response
+
+
+async def send_body(request: web.Request, response: web.StreamResponse, body: Body) -> None:
+    """Send the headers, then the opened body; failures after the headers end the
+    response here, as nothing else can be answered."""
     try:
         await response.prepare(request)
         await body.send(request, response)
@@ -146,22 +166,20 @@ async def answer(
     except ConnectionError:
         # Browsers cancel range requests they no longer need (every seek does): the
         # headers are out, so there is nothing to answer and nothing went wrong here.
-        log.debug("client went away during GET %s", info.key)
+        log.debug("client went away during GET %s", body.info.key)
     except StorageError as exc:
         # The object changed or the store failed between two ranges: the headers are
         # out, so the only honest answer is to cut the connection short.
-        log.warning("GET %s failed after its headers were sent: %s", info.key, exc)
+        log.warning("GET %s failed after its headers were sent: %s", body.info.key, exc)
         if request.transport is not None:
             request.transport.close()
-    finally:
-        await body.close()
-    return response
 
 
 class Body:
     """The ranges of one object: sendfile when the backend has files, else one
-    backend read per range. The first read starts in open(), before any header is
-    sent, so that a missing or changed object can still be answered properly."""
+    backend read per range, relayed to the client's socket when the backend and the
+    connection allow it. The first read starts in open(), before any header is sent,
+    so that a missing or changed object can still be answered properly."""
 
     def __init__(
         self,
@@ -180,12 +198,22 @@ class Body:
         self._file: BinaryIO | None = None
         self._first: AsyncIterator[bytes] | None = None
         self._first_chunk = b""
+        # Both set when reads can be relayed to the client's socket.
+        self._relayed: Relayed | None = None
+        self._client: ClientSocket | None = None
+        self._first_relay: BodyRelay | None = None
 
-    async def open(self) -> None:
+    async def open(self, transport: asyncio.BaseTransport | None) -> None:
         if not self.parts:
             return
         if isinstance(self.storage, FileBacked):
             self._file = await self.storage.open_file(self.info.key, etag=self.info.etag)
+            return
+        if isinstance(self.storage, Relayed):
+            self._client = ClientSocket.of(transport)
+            self._relayed = self.storage if self._client is not None else None
+        self._first_relay = await self._open_relay(self.parts[0][1])
+        if self._first_relay is not None:
             return
         self._first = self._read(self.parts[0][1])
         self._first_chunk = await anext(self._first, b"")
@@ -195,14 +223,26 @@ class Body:
             # Inline: closing a read-only file does not block, and a thread hop could
             # be cancelled before it ran (client gone, pool busy), leaking the descriptor.
             self._file.close()
+        if self._first_relay is not None:
+            self._first_relay.close()  # at once, like the aclose() below
         if self._first is not None:
             # Releases the S3 response at once when the client went away.
             await self._first.aclose()  # type: ignore[attr-defined]
+        if self._client is not None:
+            self._client.close()
 
     def _read(self, byte_range: ByteRange) -> AsyncIterator[bytes]:
         # A whole-object read asks for no range at all: one plain GetObject on S3.
         end = None if self.whole else byte_range.end
         return self.storage.read(self.info.key, byte_range.start, end, etag=self.info.etag)
+
+    async def _open_relay(self, byte_range: ByteRange) -> BodyRelay | None:
+        if self._relayed is None:
+            return None
+        end = None if self.whole else byte_range.end
+        return await self._relayed.open_relay(
+            self.info.key, byte_range.start, end, etag=self.info.etag, size=self.info.size
+        )
 
     async def send(self, request: web.Request, response: web.StreamResponse) -> None:
         for index, (header, byte_range) in enumerate(self.parts):
@@ -210,6 +250,10 @@ class Body:
                 await response.write(header)
             if self._file is not None:
                 await self._sendfile(request, response, self._file, byte_range)
+            elif index == 0 and self._first_relay is not None:
+                await self._relay(self._first_relay)
+                # Its connection now serves the next range (and with one allowed, must).
+                self._first_relay.close()
             elif index == 0 and self._first is not None:
                 await response.write(self._first_chunk)
                 await _copy(self._first, response)
@@ -230,7 +274,18 @@ class Body:
         except NotImplementedError:  # e.g. TLS transports: fall back to reads
             await self._stream(byte_range, response)
 
+    async def _relay(self, relay: BodyRelay) -> None:
+        assert self._client is not None  # a relay is only opened with a client socket
+        await relay.send_to(await self._client.writable())
+
     async def _stream(self, byte_range: ByteRange, response: web.StreamResponse) -> None:
+        relay = await self._open_relay(byte_range)
+        if relay is not None:
+            try:
+                await self._relay(relay)
+            finally:
+                relay.close()
+            return
         chunks = self._read(byte_range)
         async with contextlib.aclosing(chunks):  # type: ignore[type-var]
             await _copy(chunks, response)

@@ -99,3 +99,30 @@ class FileBacked(Protocol):
         """Open the object's file for reading; ObjectNotFound if it is gone or is no
         longer the version ``etag`` names."""
         ...
+
+
+class BodyRelay(Protocol):
+    """A read whose answer has arrived: its body waits on a connection of its own."""
+
+    async def send_to(self, fd: int) -> None:
+        """Move the body to the non-blocking socket ``fd``: ConnectionError when ``fd``
+        fails, StorageError when the backend does."""
+        ...
+
+    def close(self) -> None:
+        """Release the backend connection; at once if the body was not all sent."""
+        ...
+
+
+@runtime_checkable
+class Relayed(Protocol):
+    """A backend that can move a read's bytes to a socket without them passing
+    through the interpreter."""
+
+    async def open_relay(
+        self, key: str, start: int, end: int | None, *, etag: str, size: int
+    ) -> BodyRelay | None:
+        """Start reading bytes ``start`` to ``end`` (``None``: to the end) of the
+        ``size`` bytes of version ``etag``, as read() would; ObjectNotFound as read()
+        would. None when this read cannot be relayed: use read()."""
+        ...

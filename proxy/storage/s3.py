@@ -13,10 +13,11 @@ from botocore.config import Config as BotoConfig
 
 from proxy.config import S3Config
 from proxy.keys import INTERNAL_PREFIX, validate_key
-from proxy.storage.base import ObjectInfo, ObjectPage
+from proxy.storage.base import BodyRelay, ObjectInfo, ObjectPage
 from proxy.storage.budget import MemoryBudget
 from proxy.storage.cleanup import Cleanups
 from proxy.storage.s3_errors import quoted_etag, upstream
+from proxy.storage.s3_relay import S3Relay
 from proxy.storage.s3_upload import SHA256_META, S3Upload, UploadSettings
 
 READ_CHUNK = 256 * 1024
@@ -79,6 +80,7 @@ class S3Storage:
         self._session = session or aioboto3.Session()
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
+        self._relay: S3Relay | None = None
 
     @property
     def client(self) -> Any:
@@ -90,9 +92,20 @@ class S3Storage:
         self._client = await self._stack.enter_async_context(
             self._session.client("s3", endpoint_url=self.cfg.endpoint_url, config=boto_config(self.cfg))
         )
+        self._relay = await S3Relay.for_client(
+            self._client,
+            self._session,
+            self.bucket,
+            max_connections=self.cfg.max_pool_connections,
+            connect_timeout=self.cfg.connect_timeout,
+            read_timeout=self.cfg.read_timeout,
+        )
 
     async def close(self) -> None:
         await self.cleanups.drain()
+        if self._relay is not None:
+            self._relay.close()
+            self._relay = None
         await self._stack.aclose()
         self._client = None
 
@@ -158,6 +171,14 @@ class S3Storage:
         finally:
             # Release the connection at once, even when the reader stops early.
             stream.close()
+
+    async def open_relay(
+        self, key: str, start: int, end: int | None, *, etag: str, size: int
+    ) -> BodyRelay | None:
+        validate_key(key)
+        if self._relay is None:
+            return None
+        return await self._relay.open(key, start, end, etag=etag, size=size)
 
     async def delete(self, key: str) -> None:
         await self.stat(key)

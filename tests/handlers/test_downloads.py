@@ -18,6 +18,7 @@ import email.utils
 import json
 import os
 import shutil
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -38,7 +38,9 @@ from multidict import CIMultiDict
 from proxy.app import create_app
 from proxy.config import Config, LocalConfig, ServerConfig, StorageConfig
 from proxy.storage.local import LocalStorage
+from proxy.storage.s3_relay import USER_AGENT
 from tests.conftest import Backend, MiB, S3Endpoint, backend_for, make_bucket, s3_config, wait_until
+from tests.net import TcpTap
 from tests.s3_interposer import S3Interposer
 
 N = 1000  # the "about a thousand bytes" object of the range tables
@@ -702,6 +704,11 @@ class S3Call:
     path: str
     range: str | None
     if_match: str | None
+    user_agent: str
+
+    @property
+    def relayed(self) -> bool:
+        return self.user_agent == USER_AGENT
 
     @property
     def operation(self) -> str:
@@ -719,10 +726,22 @@ class RecordingInterposer(S3Interposer):
         self.calls: list[S3Call] = []
         # GetObject with If-Match fails once this many have succeeded; None: never.
         self.object_changes_after: int | None = None
+        # Relayed GetObjects with these Range headers ("" for none) get 503 SlowDown.
+        self.refuse_relayed: set[str] = set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if_match = request.headers.get("If-Match")
-        self.calls.append(S3Call(request.method, request.path, request.headers.get("Range"), if_match))
+        call = S3Call(
+            request.method,
+            request.path,
+            request.headers.get("Range"),
+            if_match,
+            request.headers["User-Agent"],
+        )
+        self.calls.append(call)
+        if call.relayed and (call.range or "") in self.refuse_relayed:
+            xml = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            return web.Response(status=503, text=xml, content_type="application/xml")
         if request.method == "GET" and if_match is not None and self.object_changes_after is not None:
             if self.object_changes_after > 0:
                 self.object_changes_after -= 1
@@ -778,6 +797,7 @@ def s3_recorded(s3_recorded_module: S3Recorded) -> Iterator[S3Recorded]:
     s3_recorded_module.layer.calls.clear()
     yield s3_recorded_module
     s3_recorded_module.layer.object_changes_after = None
+    s3_recorded_module.layer.refuse_relayed = set()
 
 
 @module_loop
@@ -920,6 +940,194 @@ async def test_s3_object_changed_after_head_is_not_served_as_complete(
     assert r.status == 206 and r.body == s3_recorded.data[:2]
 
 
+# -- S3 bodies relayed with splice, and the reads that cannot be ------------------------------------------
+
+
+@module_loop
+async def test_s3_reads_are_relayed(s3_recorded: S3Recorded) -> None:
+    data = s3_recorded.data
+    r = await raw(s3_recorded.client, "GET", "/files/rec.mp4")
+    assert r.status == 200 and r.body == data
+    r = await raw(s3_recorded.client, "GET", "/files/rec.mp4", {"Range": "bytes=500-509,0-9,-5"})
+    assert [part for _, part in parse_byteranges(r)] == [data[500:510], data[0:10], data[995:]]
+    assert [c.relayed for c in s3_recorded.get_objects()] == [True] * 4
+
+
+@module_loop
+@pytest.mark.parametrize(
+    ("header", "refused"),
+    [
+        ({}, {""}),
+        ({"Range": "bytes=10-19"}, {"bytes=10-19"}),
+        ({"Range": "bytes=0-9,100-199,-5"}, {"bytes=0-9"}),
+        ({"Range": "bytes=0-9,100-199,-5"}, {"bytes=100-199"}),
+        ({"Range": "bytes=0-9,100-199,-5"}, {"bytes=0-9", "bytes=995-999"}),
+    ],
+    ids=["whole", "range", "first-part", "middle-part", "first-and-last-parts"],
+)
+async def test_s3_reads_the_relay_cannot_make_go_through_botocore(
+    s3_recorded: S3Recorded, header: dict[str, str], refused: set[str]
+) -> None:
+    # An answer the relay does not expect is read again through botocore; relayed and
+    # botocore parts of one multipart body follow each other in order.
+    s3_recorded.layer.refuse_relayed = refused
+    r = await raw(s3_recorded.client, "GET", "/files/rec.mp4", header)
+    assert_framed(r)
+    assert body_of(r) == expected_body_of(header, s3_recorded.data)
+    gets = s3_recorded.get_objects()
+    for sent_range in refused:
+        refused_at = [(c.range or "", c.relayed) for c in gets].index((sent_range, True))
+        retry = gets[refused_at + 1]
+        assert (retry.range or "", retry.relayed, retry.if_match) == (sent_range, False, s3_recorded.etag)
+    assert sum(c.relayed for c in gets) == len(gets) - len(refused)
+
+
+def expected_body_of(headers: dict[str, str], data: bytes) -> list[bytes]:
+    header = headers.get("Range")
+    if header is None:
+        return [data]
+    pieces = []
+    for spec in header.removeprefix("bytes=").split(","):
+        first, _, last = spec.partition("-")
+        pieces.append(data[-int(last) :] if not first else data[int(first) : int(last) + 1])
+    return pieces
+
+
+@module_loop
+async def test_s3_relayed_responses_keep_the_client_connection_alive(s3_recorded: S3Recorded) -> None:
+    data = s3_recorded.data
+    tap = TcpTap(str(s3_recorded.client.make_url("")))  # counts the client's connections
+    await tap.start()
+    try:
+        async with aiohttp.ClientSession(tap.url, connector=aiohttp.TCPConnector(limit=1)) as session:
+            ranges = [(i * 37 % N, min(N - 1, i * 37 % N + i)) for i in range(40)]
+            async with asyncio.timeout(TIMEOUT):
+                for start, end in ranges:
+                    headers = {"Range": f"bytes={start}-{end}"}
+                    async with session.get("/files/rec.mp4", headers=headers) as response:
+                        assert response.status == 206
+                        assert await response.read() == data[start : end + 1]
+                async with session.get("/files/rec.mp4") as response:
+                    assert await response.read() == data
+    finally:
+        await tap.close()
+    assert len(tap.connections) == 1
+    assert all(c.relayed for c in s3_recorded.get_objects())
+
+
+@pytest.mark.parametrize("server", ["moto", pytest.param("real", marks=pytest.mark.real_s3)])
+async def test_s3_ranges_of_one_answer_take_turns_on_one_allowed_connection(
+    request: pytest.FixtureRequest, tmp_path: Path, server: str
+) -> None:
+    if server == "real":
+        backend: Backend = request.getfixturevalue("real_backend")
+    else:
+        endpoint = request.getfixturevalue("moto_endpoint")
+        backend = backend_for("s3", tmp_path, endpoint, request.getfixturevalue("moto_bucket"))
+    s3 = replace(backend.config.storage.s3, max_pool_connections=1)
+    client = await start_client(replace(backend.config, storage=replace(backend.config.storage, s3=s3)))
+    try:
+        data = object_bytes(N)
+        await upload(client, "one.mp4", data)
+        r = await raw(client, "GET", "/files/one.mp4", {"Range": "bytes=0-9,100-199,-5"})
+        assert [part for _, part in parse_byteranges(r)] == [data[0:10], data[100:200], data[995:]]
+    finally:
+        await client.close()
+
+
+def self_signed_context(tmp_path: Path) -> ssl.SSLContext:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    return context
+
+
+async def test_s3_bodies_to_tls_clients_go_through_the_transport(
+    tmp_path: Path, moto_endpoint: S3Endpoint, moto_bucket: str
+) -> None:
+    # Bytes written to the socket under a TLS transport would skip the encryption.
+    layer = RecordingInterposer(moto_endpoint.url)
+    s3_server = TestServer(layer.app(), host="127.0.0.1")
+    await s3_server.start_server()
+    endpoint = replace(moto_endpoint, url=str(s3_server.make_url("")).rstrip("/"))
+    config = Config(ServerConfig(), StorageConfig(backend="s3", s3=s3_config(endpoint, moto_bucket)))
+    server = TestServer(create_app(config), host="127.0.0.1")
+    await server.start_server(ssl=self_signed_context(tmp_path))
+    try:
+        data = object_bytes(300_000)
+        url = f"https://127.0.0.1:{server.port}/files/tls.bin"
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False)) as session:
+            async with session.put(url, data=data) as response:
+                assert response.status == 201
+            async with session.get(url, headers={"Range": "bytes=5-200004"}) as response:
+                assert response.status == 206 and await response.read() == data[5:200005]
+        gets = [c for c in layer.calls if c.method == "GET" and c.path.endswith("/tls.bin")]
+        assert gets and not any(c.relayed for c in gets)
+    finally:
+        await server.close()
+        await s3_server.close()
+
+
+@pytest.mark.real_s3
+async def test_real_s3_object_replaced_between_ranges_is_never_spliced(real_backend: Backend) -> None:
+    # RGW itself refuses the second range's If-Match: the object changed in between.
+    view: Any = real_backend.view
+    s3 = real_backend.config.storage.s3
+    assert s3.endpoint_url
+    tap = TcpTap(s3.endpoint_url)
+    await tap.start()
+    config = replace(
+        real_backend.config,
+        storage=replace(real_backend.config.storage, s3=replace(s3, endpoint_url=tap.url)),
+    )
+    client = await start_client(config)
+    old, new = object_bytes(2 * MiB), object_bytes(2 * MiB)
+    second = f"bytes={MiB}-{MiB + 9}".encode()
+
+    async def replace_before_second_range(request: bytes) -> None:
+        if request.startswith(b"GET ") and b"Range: " + second + b"\r\n" in request:
+            tap.before_sending = None
+            await asyncio.to_thread(view.client.put_object, Bucket=view.bucket, Key="v.mp4", Body=new)
+
+    try:
+        await upload(client, "v.mp4", old)
+        tap.before_sending = replace_before_second_range
+        r = await raw(client, "GET", "/files/v.mp4", {"Range": f"bytes=0-9,{MiB}-{MiB + 9},-10"})
+        assert r.status == 206
+        assert len(r.body) < int(r.headers["Content-Length"])  # cut short, visibly
+        assert old[:10] in r.body
+        for piece in (new[:10], new[MiB : MiB + 10], new[-10:], old[MiB : MiB + 10], old[-10:]):
+            assert piece not in r.body
+        r = await raw(client, "GET", "/files/v.mp4", {"Range": f"bytes=0-9,{MiB}-{MiB + 9},-10"})
+        assert [part for _, part in parse_byteranges(r)] == [new[:10], new[MiB : MiB + 10], new[-10:]]
+    finally:
+        await client.close()
+        await tap.close()
+
+
 class ReplacedBeforeRead(LocalStorage):
     """Another upload replaces the object (same bytes, new file) between the handler's
     stat() and its read, once armed."""
@@ -1019,70 +1227,6 @@ async def test_objects_changed_by_another_writer_are_seen(
 # -- clients that go away in the middle of a download ---------------------------------------------------
 
 
-@dataclass
-class TapConnection:
-    open: bool = True
-    sent: bytes = b""  # what the proxy sent S3 (requests only: nothing big is uploaded here)
-    bytes_down: int = 0  # what S3 sent the proxy
-
-
-class TcpTap:
-    """A TCP relay in front of S3: the connections the proxy opens and what flows on each."""
-
-    def __init__(self, upstream_url: str) -> None:
-        parts = urlsplit(upstream_url)
-        assert parts.hostname and parts.port
-        self.host, self.port = parts.hostname, parts.port
-        self.connections: list[TapConnection] = []
-        self.url = ""
-        self._server: asyncio.Server | None = None
-        self._relays: set[asyncio.Task[Any]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in self._relays:
-            task.cancel()
-        await asyncio.gather(*self._relays, return_exceptions=True)
-
-    async def _relay(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._relays.add(task)
-        task.add_done_callback(self._relays.discard)
-        conn = TapConnection()
-        self.connections.append(conn)
-        up_r, up_w = await asyncio.open_connection(self.host, self.port)
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await src.read(64 * 1024):
-                    if upstream:
-                        conn.sent += data
-                    else:
-                        conn.bytes_down += len(data)
-                    dst.write(data)
-                    await dst.drain()
-
-        tasks = [
-            asyncio.create_task(pipe(down_r, up_w, True)),
-            asyncio.create_task(pipe(up_r, down_w, False)),
-        ]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for writer in (up_w, down_w):
-                writer.close()
-            conn.open = False
-
-
 class RunAppServer(TestServer):
     """Handlers are not cancelled when their client goes away, as under web.run_app()
     (the CLI); aiohttp's TestServer cancels them."""
@@ -1132,8 +1276,23 @@ def open_fds_on(path: Path) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("cancellation", [True, False], ids=["handler-cancellation", "run-app-default"])
+CANCELLATION = pytest.mark.parametrize(
+    "cancellation", [True, False], ids=["handler-cancellation", "run-app-default"]
+)
+
+
+@CANCELLATION
 async def test_client_disconnect_mid_download(backend: Backend, cancellation: bool) -> None:
+    await check_client_disconnect_mid_download(backend, cancellation)
+
+
+@pytest.mark.real_s3
+@CANCELLATION
+async def test_client_disconnect_mid_download_real_s3(real_backend: Backend, cancellation: bool) -> None:
+    await check_client_disconnect_mid_download(real_backend, cancellation)
+
+
+async def check_client_disconnect_mid_download(backend: Backend, cancellation: bool) -> None:
     data = object_bytes(BIG)
     config = backend.config
     tap: TcpTap | None = None
@@ -1167,6 +1326,7 @@ async def test_client_disconnect_mid_download(backend: Backend, cancellation: bo
             # the rest of the 64 MiB body.
             downloads = [c for c in tap.connections if b"/big.bin HTTP/1.1" in c.sent and b"GET " in c.sent]
             assert len(downloads) == ABORTS
+            assert all(USER_AGENT.encode() in c.sent for c in downloads)  # spliced, not through botocore
             await wait_until(lambda: not any(c.open for c in downloads), TIMEOUT)
             assert max(c.bytes_down for c in downloads) < BIG // 2
         # Still serving, with a free connection to S3.

@@ -1,0 +1,278 @@
+"""GetObject on raw keep-alive connections, for S3 endpoints on plain HTTP.
+
+Through botocore a ranged GetObject costs the proxy milliseconds of CPU, and every
+body byte passes through the interpreter twice. Here the request is signed with
+botocore's own SigV4 signer and written on a socket of our own; the answer's head is
+parsed by http_response_head, and the body is left on the socket for splice.py to
+move to the client inside the kernel.
+
+Whatever this path does not expect (another status, no Content-Length, a failing
+connection) makes open() return None, and the caller reads through botocore instead,
+which retries and reports errors as usual. HTTPS endpoints always go through botocore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.exceptions import BotoCoreError
+
+from proxy.http_response_head import MalformedHead, ResponseHead, parse_head, split_head
+from proxy.splice import SourceError, send_all, splice_exactly
+from proxy.storage.base import ObjectNotFound, UpstreamError
+
+RECV_BYTES = 16 * 1024
+# Tells these requests apart from botocore's in the server's logs.
+USER_AGENT = "stream-proxy-relay"
+# Any key will do: only the URL botocore builds around it matters.
+_PROBE_KEY = "probe"
+
+
+class S3Relay:
+    """Signed GetObjects to one bucket, at most ``max_connections`` at once, on
+    connections kept alive between them."""
+
+    def __init__(
+        self,
+        object_url_prefix: str,
+        credentials: Any,
+        region: str,
+        *,
+        max_connections: int,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> None:
+        parts = urlsplit(object_url_prefix)
+        if parts.scheme != "http" or parts.hostname is None:
+            raise ValueError(f"not a plain HTTP URL: {object_url_prefix}")
+        self._origin = f"http://{parts.netloc}"
+        self._path_prefix = parts.path
+        self._address = (parts.hostname, parts.port or 80)
+        # As botocore signs it: the default port is left out.
+        hostname = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        self._host = hostname if parts.port in (None, 80) else f"{hostname}:{parts.port}"
+        self._credentials = credentials
+        self._region = region
+        self._slots = asyncio.Semaphore(max_connections)
+        self._max_idle = max_connections
+        self._idle: list[socket.socket] = []
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+
+    @classmethod
+    async def for_client(
+        cls,
+        client: Any,
+        session: Any,
+        bucket: str,
+        *,
+        max_connections: int,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> S3Relay | None:
+        """A relay to ``bucket`` through the endpoint and addressing ``client`` uses;
+        None when that is HTTPS or there are no credentials to sign with."""
+        url = await client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": _PROBE_KEY})
+        base = str(url).split("?", 1)[0]
+        if not base.startswith("http://") or not base.endswith("/" + _PROBE_KEY):
+            return None
+        credentials = await session.get_credentials()
+        if credentials is None:
+            return None
+        return cls(
+            base.removesuffix(_PROBE_KEY),
+            credentials,
+            client.meta.region_name or "us-east-1",
+            max_connections=max_connections,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
+    async def open(
+        self, key: str, start: int, end: int | None, *, etag: str, size: int
+    ) -> OpenedRange | None:
+        """Send GetObject for bytes ``start``-``end`` (None: to the end; no Range at
+        all for a whole object, as S3Storage.read) with IfMatch ``etag``, and read the
+        answer's head. ObjectNotFound if ``etag`` is no longer the object's."""
+        last = size - 1 if end is None else end
+        length = last - start + 1
+        byte_range = f"bytes={start}-{'' if end is None else end}" if start or end is not None else None
+        request = await self._signed_get(key, byte_range, etag)
+        if request is None:
+            return None
+        await self._slots.acquire()
+        try:
+            answer = await self._exchange(request)
+        except BaseException:
+            self._slots.release()
+            raise
+        if answer is None:
+            self._slots.release()
+            return None
+        sock, head, leftover = answer
+        if head.status == 412:
+            sock.close()
+            self._slots.release()
+            raise ObjectNotFound(key)
+        expected_range = f"bytes {start}-{last}/{size}" if byte_range else None
+        if (
+            head.status != (206 if byte_range else 200)
+            or head.body_length() != length
+            or head.headers.get("content-range") != expected_range
+            or len(leftover) > length
+        ):
+            sock.close()
+            self._slots.release()
+            return None
+        return OpenedRange(self, sock, leftover, length - len(leftover), reusable=head.keep_alive)
+
+    def release(self, sock: socket.socket | None) -> None:
+        """Give back a connection's slot, and the connection itself when it is ready
+        for another request."""
+        if sock is not None:
+            if len(self._idle) < self._max_idle:
+                self._idle.append(sock)
+            else:
+                sock.close()
+        self._slots.release()
+
+    async def _signed_get(self, key: str, byte_range: str | None, etag: str) -> bytes | None:
+        # An ETag is whatever the server sent: never let it shape the request.
+        if not etag.isascii() or not etag.isprintable():
+            return None
+        # Keys are percent-encoded as botocore encodes the {Key+} label.
+        path = self._path_prefix + quote(key, safe="/~")
+        headers = {"Host": self._host, "If-Match": etag}
+        if byte_range is not None:
+            headers["Range"] = byte_range
+        request = AWSRequest(method="GET", url=self._origin + path, headers=headers)
+        try:
+            credentials = await self._credentials.get_frozen_credentials()
+        except BotoCoreError:
+            return None  # e.g. a role's refresh failed: botocore reports it properly
+        S3SigV4Auth(credentials, "s3", self._region).add_auth(request)
+        lines = [f"GET {path} HTTP/1.1", *(f"{name}: {value}" for name, value in request.headers.items())]
+        lines.append(f"User-Agent: {USER_AGENT}")  # left unsigned, as botocore does
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+    async def _exchange(self, request: bytes) -> tuple[socket.socket, ResponseHead, bytes] | None:
+        idle = self._idle_connection()
+        if idle is not None:
+            # The server may close an idle connection just as we use it: GET is
+            # idempotent, so a failure there is worth one more try on a fresh one.
+            answer = await self._try(idle, request)
+            if answer is not None:
+                return idle, *answer
+        try:
+            sock = await self._connect()
+        except OSError:
+            return None
+        answer = await self._try(sock, request)
+        return None if answer is None else (sock, *answer)
+
+    async def _try(self, sock: socket.socket, request: bytes) -> tuple[ResponseHead, bytes] | None:
+        """The answer's head, or None; ``sock`` is closed unless a head came."""
+        try:
+            return await self._round_trip(sock, request)
+        except (OSError, MalformedHead):
+            sock.close()
+            return None
+        except BaseException:
+            sock.close()
+            raise
+
+    def _idle_connection(self) -> socket.socket | None:
+        while self._idle:
+            sock = self._idle.pop()
+            try:
+                sock.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                return sock  # nothing to read, as it should be between requests
+            except OSError:
+                pass
+            sock.close()  # closed by the server, or bytes nobody asked for
+        return None
+
+    async def _connect(self) -> socket.socket:
+        loop = asyncio.get_running_loop()
+        host, port = self._address
+        failure: OSError = OSError(f"no address for {host}")
+        for family, kind, proto, _, address in await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                async with asyncio.timeout(self.connect_timeout):
+                    await loop.sock_connect(sock, address)
+            except OSError as exc:
+                sock.close()
+                failure = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        raise failure
+
+    async def _round_trip(self, sock: socket.socket, request: bytes) -> tuple[ResponseHead, bytes]:
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(sock, request)
+        received = b""
+        while (split := split_head(received)) is None:
+            try:
+                async with asyncio.timeout(self.read_timeout):
+                    data = await loop.sock_recv(sock, RECV_BYTES)
+            except TimeoutError as exc:
+                raise UpstreamError(f"S3 sent no answer in {self.read_timeout:g} s") from exc
+            if not data:
+                raise ConnectionResetError("S3 closed the connection before answering")
+            received += data
+        head, rest = split
+        return parse_head(head), rest
+
+
+class OpenedRange:
+    """A GetObject answered with the expected head; its body still on the socket."""
+
+    def __init__(
+        self, relay: S3Relay, sock: socket.socket, leftover: bytes, remaining: int, *, reusable: bool
+    ) -> None:
+        self._relay = relay
+        self._sock: socket.socket | None = sock
+        self._leftover = leftover  # body bytes that came with the head
+        self._remaining = remaining
+        self._reusable = reusable
+        self._done = False
+
+    async def send_to(self, fd: int) -> None:
+        if self._sock is None or self._done:
+            raise RuntimeError("the body was already sent or released")
+        await send_all(fd, self._leftover)
+        try:
+            await splice_exactly(
+                self._sock.fileno(), fd, self._remaining, read_timeout=self._relay.read_timeout
+            )
+        except SourceError as exc:
+            raise UpstreamError(f"S3 body: {exc}") from exc
+        self._done = True
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        if self._done and self._reusable:
+            self._relay.release(sock)
+        else:
+            # Not read to its end: closing is the only way to stop S3 sending it.
+            sock.close()
+            self._relay.release(None)
