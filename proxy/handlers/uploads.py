@@ -242,7 +242,13 @@ async def _write(request: web.Request, upload_id: str, *, offset: int) -> Upload
         if state.done:
             return state
         if _has_body(request):
-            body = UploadBody(_request_chunks(request), state=state, checksum=checksum, limit=room)
+            body = UploadBody(
+                _request_chunks(request),
+                state=state,
+                checksum=checksum,
+                limit=room,
+                expected=request.content_length,
+            )
             state = await store.append(state, body)
         else:
             state = await store.save(state)

@@ -88,7 +88,9 @@ class UploadBody:
     ``sha256_state`` always describes exactly ``taken`` bytes past the start offset.
     A store that stops early on an error keeps those bytes only if ``keeps_partial``:
     never when the chunk carries a checksum (it cannot be verified) or when this body
-    refused it (too long, checksum mismatch).
+    refused it (too long, checksum mismatch). ``expected`` is the chunk's length as
+    announced (Content-Length), None when it is not known (a chunked body); a store
+    may use it to plan how it cuts the bytes, never to trust that they all arrive.
     """
 
     def __init__(
@@ -98,8 +100,10 @@ class UploadBody:
         state: UploadState,
         checksum: Checksum | None = None,
         limit: int | None = None,
+        expected: int | None = None,
     ) -> None:
         self._chunks = chunks
+        self.expected = expected
         self._sha256 = ResumableSha256(state.sha256)
         self._checksum = checksum
         self._digest = hashlib.new(checksum.algorithm) if checksum else None

@@ -13,6 +13,23 @@ after that save, so a saved state always names a tail that exists. Part sizes ar
 chosen when the upload is created and recorded in its state, so neither a later
 process nor a changed setting can alter them mid-upload.
 
+S3 takes parts of different sizes (all but the last >= MIN_PART_SIZE), which spares
+most PATCHes of a few MiB their tail (part_target, leftover_is_part):
+
+- When the PATCH's length is known (Content-Length) and cutting a part at the part
+  size would leave fewer than MIN_PART_SIZE bytes of it, the part takes them too:
+  it is then up to ``part size + MIN_PART_SIZE - 1`` bytes. Its whole size is
+  reserved from the MemoryBudget before it is filled, while nothing else is held.
+- What is left at the end of an append goes as a part of its own, not as a tail,
+  when the upload's length was known at creation and it is more than one part, and
+  either it completes the upload after at least one part (the last part may be of
+  any size), or it is at least MIN_PART_SIZE and the rest of the upload still fits
+  in MAX_PARTS parts of the part size. So an upload sent in PATCHes of 5 MiB or more
+  writes no tail at all, and one that never fills a part still ends as one
+  PutObject.
+
+Every part's size is recorded in the state, so offsets stay right across processes.
+
 Locking: what is guaranteed
 ---------------------------
 Every write of the state object is conditional: the first with ``If-None-Match: *``,
@@ -69,7 +86,13 @@ from botocore.exceptions import ClientError
 from proxy.keys import INTERNAL_PREFIX
 from proxy.sha256_state import ResumableSha256
 from proxy.storage.base import ObjectInfo, ObjectNotFound, ObjectTooLarge, StorageError, UpstreamError
-from proxy.storage.part_sizing import MAX_PARTS, part_size_for_known_size, part_size_for_unknown_size
+from proxy.storage.part_sizing import (
+    MAX_PART_SIZE,
+    MAX_PARTS,
+    MIN_PART_SIZE,
+    part_size_for_known_size,
+    part_size_for_unknown_size,
+)
 from proxy.storage.resumable import UploadBody, UploadLocked, UploadNotFound, UploadState
 from proxy.storage.s3 import READ_CHUNK, S3Storage
 from proxy.storage.s3_errors import error_code, quoted_etag, upstream
@@ -115,6 +138,51 @@ async def _read_into(stream: Any, buf: bytearray) -> None:
             buf += chunk
     finally:
         stream.close()
+
+
+def part_target(size: int, buffered: int, to_come: int | None) -> int:
+    """How many bytes the part being filled should hold.
+
+    ``size`` is the layout's size for that part, ``buffered`` what it holds already,
+    ``to_come`` the bytes of this PATCH not buffered yet (None: not known). If cutting
+    at ``size`` would leave 1 to MIN_PART_SIZE - 1 bytes of the PATCH behind, the part
+    takes them too, so that they need no tail: up to ``size + MIN_PART_SIZE - 1``
+    bytes, never over MAX_PART_SIZE.
+    """
+    if buffered >= size:
+        return buffered  # a kept tail that fills a part already goes as it is
+    if to_come is None:
+        return size
+    rest = buffered + to_come - size
+    if 0 < rest < MIN_PART_SIZE and size + rest <= MAX_PART_SIZE:
+        return size + rest
+    return size
+
+
+def leftover_is_part(
+    *,
+    buffered: int,
+    number: int,
+    part_size: int,
+    growing: bool,
+    length: int | None,
+    end: int,
+    max_parts: int = MAX_PARTS,
+) -> bool:
+    """Whether the ``buffered`` bytes left at the end of an append, up to offset
+    ``end``, go to S3 now as part ``number`` instead of to a tail object.
+
+    Only when the upload's length was known at creation (so ``part_size`` fits it in
+    ``max_parts``) and is over one part (one that never fills a part ends as one
+    PutObject). Then the bytes that complete the upload are its last part, of any
+    size, once a part exists; other bytes only if they make a valid non-last part
+    (MIN_PART_SIZE) and the rest of the upload still fits in ``max_parts`` parts.
+    """
+    if buffered == 0 or growing or length is None or length <= part_size or number > max_parts:
+        return False
+    if end >= length:
+        return number > 1
+    return buffered >= MIN_PART_SIZE and number + -(-(length - end) // part_size) <= max_parts
 
 
 @dataclass(frozen=True)
@@ -506,8 +574,8 @@ class _Append:
     """One append on its way into S3: the part being filled, the parts sent, the new tail.
 
     The part buffer is reserved from the storage's MemoryBudget before it is filled,
-    starting with the current tail; every full part goes to a PartSender, which owns
-    the buffer and reservation from then on.
+    starting with the current tail, at its whole size (part_target); every full part
+    goes to a PartSender, which owns the buffer and reservation from then on.
     """
 
     def __init__(self, store: S3ResumableStore, held: _Held, state: UploadState) -> None:
@@ -521,29 +589,42 @@ class _Append:
         self._sender: PartSender | None = None
         self._creating: asyncio.Future[None] | None = None
         self._buf = bytearray()
+        self._target = 0  # the size at which the part in the buffer is sent
         self._reserved = 0
+        # Bytes the body has given (and hashed) that are not in the buffer yet.
+        self._pending = memoryview(b"")
         self._new_tail: str | None = None
         self.body_failed = False
 
     async def take(self, body: UploadBody) -> None:
         """Read all of ``body``, sending each part as it fills; the rest stays in the buffer."""
-        self._reserved = await self._budget.acquire(self._layout.size_of(self._number))
+        await self._reserve(body, self._state.offset - self._layout.in_parts)
         await self._store._read_tail(self._state, self._layout, self._buf)
         chunks = aiter(body)
-        view = memoryview(b"")
         while True:
             # A cut-off append may have kept a whole part as its tail.
-            if len(self._buf) == self._layout.size_of(self._number):
+            if len(self._buf) >= self._target:
                 await self._send_part()
-            if not view:
+                await self._reserve(body, 0)
+            if not self._pending:
                 chunk = await self._next(chunks)
                 if chunk is None:
                     return
+                self._pending = memoryview(chunk)
                 self._held.check()
-                view = memoryview(chunk)
-            room = self._layout.size_of(self._number) - len(self._buf)
-            self._buf += view[:room]
-            view = view[room:]
+            room = self._target - len(self._buf)
+            self._buf += self._pending[:room]
+            self._pending = self._pending[room:]
+
+    async def _reserve(self, body: UploadBody, buffered: int) -> None:
+        """Size the part about to be filled, which holds ``buffered`` bytes, and
+        reserve it. Nothing else is held meanwhile (the parts in flight let go of
+        theirs on their own), so two appends never wait for each other."""
+        to_come = None
+        if body.expected is not None:
+            to_come = max(body.expected - body.taken, 0) + len(self._pending)
+        self._target = part_target(self._layout.size_of(self._number), buffered, to_come)
+        self._reserved = await self._budget.acquire(self._target)
 
     async def _next(self, chunks: AsyncIterator[bytes]) -> bytes | None:
         try:
@@ -570,7 +651,6 @@ class _Append:
         self._sender.start(self._number, data, reserved)
         self._sent.append((self._number, len(data)))
         self._number += 1
-        self._reserved = await self._budget.acquire(self._layout.size_of(self._number))
 
     async def _create_multipart(self) -> None:
         target = self._store._target(self._state)
@@ -593,10 +673,24 @@ class _Append:
             await asyncio.wait([self._creating])
 
     async def save(self, body: UploadBody) -> UploadState:
-        """Store what was taken: wait for the parts, write the rest as the new tail,
-        save the state that names them; on any failure, discard() instead."""
+        """Store what was taken: send the rest as a part (leftover_is_part) or wait
+        for the parts and write it as the new tail, save the state that names them;
+        on any failure, discard() instead."""
         try:
             await self._settle()
+            # Cancelled between taking a chunk and buffering all of it: body.taken
+            # (and the hash) count those bytes, so they are stored too.
+            self._buf += self._pending
+            self._pending = memoryview(b"")
+            if leftover_is_part(
+                buffered=len(self._buf),
+                number=self._number,
+                part_size=self._layout.part_size,
+                growing=self._layout.growing,
+                length=self._state.length,
+                end=self._state.offset + body.taken,
+            ):
+                await self._send_part()
             if self._sender is not None:
                 await self._sender.wait_all()
             layout = self._layout

@@ -16,11 +16,14 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from proxy.sha256_state import ResumableSha256
+from proxy.storage.part_sizing import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 from proxy.storage.resumable import ChecksumMismatch, UploadBody, UploadLocked, UploadNotFound, UploadState
 from proxy.storage.s3 import S3Storage
-from proxy.storage.s3_resumable import UPLOADS_PREFIX, S3ResumableStore
+from proxy.storage.s3_resumable import UPLOADS_PREFIX, S3ResumableStore, leftover_is_part, part_target
 from proxy.streams import BodyTooLarge
 from proxy.tus_protocol import Checksum
 from tests.conftest import MiB, S3Endpoint, S3View, new_upload_state, s3_config
@@ -434,3 +437,336 @@ async def test_uploads_are_listed_and_hidden_from_the_object_listing(
         cursor = page.next_cursor
     assert listed == ["+first", "z1", "z2"]
     assert [o.key for o in (await store._storage.list(limit=10)).objects] == listed
+
+
+# Parts of different sizes: PATCHes of MIN_PART_SIZE or more leave no tail.
+
+SIX = 6 * MiB
+
+
+async def append_announced(
+    store: S3ResumableStore, upload_id: str, data: bytes, *, announced: bool = True
+) -> UploadState:
+    """One PATCH whose Content-Length is known (``announced``), or a chunked one."""
+    async with store.lock(upload_id) as state:
+        body = UploadBody(agen(chunks(data)), state=state, expected=len(data) if announced else None)
+        return await store.append(state, body)
+
+
+def split(data: bytes, sizes: list[int]) -> list[bytes]:
+    pieces, start = [], 0
+    for size in sizes:
+        pieces.append(data[start : start + size])
+        start += size
+    assert start == len(data)
+    return pieces
+
+
+def tail_writes(layer: S3Interposer) -> list[str]:
+    return [f"{s.method} {s.path}" for s in layer.seen if "/tail-" in s.path]
+
+
+def part_sizes(layer: S3Interposer) -> dict[int, int]:
+    """The size of each part number as last sent, by number."""
+    sizes = {int(s.query["partNumber"]): s.body_size for s in layer.seen if s.operation == "UploadPart"}
+    return dict(sorted(sizes.items()))
+
+
+async def check_object(store: S3ResumableStore, view: S3View, upload_id: str, data: bytes) -> UploadState:
+    info = await finish(store, upload_id)
+    digest = hashlib.sha256(data).hexdigest()
+    assert info.size == len(data) and info.sha256 == digest == view.metadata(info.key)["sha256"]
+    assert view.get(info.key) == data
+    assert view.internal_keys() == [state_key(upload_id)]
+    assert store._storage.budget.in_use == 0
+    return await store.get(upload_id)
+
+
+@pytest.mark.parametrize(
+    ("patches", "parts"),
+    [
+        # 8 MiB PATCHes: every one is a part of its own (6 MiB + the 2 MiB behind it).
+        ([8 * MiB] * 5, [8 * MiB] * 5),
+        # The last PATCH completes the upload: the last part, of any size.
+        ([8 * MiB] * 3 + [3 * MiB], [8 * MiB] * 3 + [3 * MiB]),
+        # 5 MiB + 3: under the part size, but a valid part.
+        ([PART + 3] * 4 + [1000], [PART + 3] * 4 + [1000]),
+        # 13 MiB: 6 MiB, then 7 MiB (1 MiB would be too small to leave behind).
+        ([13 * MiB] * 2, [SIX, 7 * MiB] * 2),
+    ],
+)
+async def test_patches_of_min_part_size_or_more_leave_no_tail(
+    interposer: Any, make_store: MakeStore, view: S3View, patches: list[int], parts: list[int]
+) -> None:
+    layer, endpoint = interposer
+    store = await make_store(endpoint, part_size=SIX, max_concurrency=2)
+    data = payload(sum(patches))
+    state = await store.create(new_upload_state(len(data)))
+    assert state.backend["part_size"] == SIX
+    for piece in split(data, patches):
+        state = await append_announced(store, state.id, piece)
+        assert "tail" not in state.backend
+        assert view.internal_keys() == [state_key(state.id)]
+        assert store._storage.budget.in_use == 0
+    assert [size for _, _, size in state.backend["parts"]] == parts
+    await check_object(store, view, state.id, data)
+    assert tail_writes(layer) == []
+    assert list(part_sizes(layer).values()) == parts
+
+
+async def test_one_mib_patches_still_use_a_tail(interposer: Any, make_store: MakeStore, view: S3View) -> None:
+    layer, endpoint = interposer
+    store = await make_store(endpoint, part_size=SIX)
+    data = payload(13 * MiB + 5)
+    state = await store.create(new_upload_state(len(data)))
+    for piece in chunks(data, MiB):
+        state = await append_announced(store, state.id, piece)
+        has_tail = state.backend.get("tail") is not None
+        assert has_tail != (state.offset % (5 * MiB) == 0 or state.complete)
+    await check_object(store, view, state.id, data)
+    assert any(w.startswith("PUT") for w in tail_writes(layer))
+    # Once 5 MiB are together they go as a part rather than as a tail again.
+    assert list(part_sizes(layer).values()) == [5 * MiB, 5 * MiB, 3 * MiB + 5]
+
+
+async def test_a_chunked_patch_keeps_the_part_size(
+    interposer: Any, make_store: MakeStore, view: S3View
+) -> None:
+    layer, endpoint = interposer
+    store = await make_store(endpoint, part_size=SIX)
+    data = payload(4 * 8 * MiB)
+    state = await store.create(new_upload_state(len(data)))
+    for piece in chunks(data, 8 * MiB):
+        state = await append_announced(store, state.id, piece, announced=False)
+    await check_object(store, view, state.id, data)
+    # 2, then 4 MiB left over; then none; the last 2 MiB end the upload as its last part.
+    assert [w.split()[0] for w in tail_writes(layer)].count("PUT") == 2
+    assert list(part_sizes(layer).values()) == [SIX] * 5 + [2 * MiB]
+
+
+async def test_a_restart_between_patches_of_several_part_sizes(
+    moto_endpoint: S3Endpoint, make_store: MakeStore, view: S3View
+) -> None:
+    patches = [8 * MiB, PART + 3, MiB, 8 * MiB, 2 * MiB, 9 * MiB + 1]
+    data = payload(sum(patches))
+    pieces = split(data, patches)
+    first = await make_store(moto_endpoint, part_size=SIX)
+    state = await first.create(new_upload_state(len(data)))
+    for piece in pieces[:3]:
+        state = await append_announced(first, state.id, piece)
+    await first._storage.close()  # the process goes away between chunks
+    assert [size for _, _, size in state.backend["parts"]] == [8 * MiB, PART + 3]
+    assert state.backend["tail"]  # the 1 MiB
+
+    second = await make_store(moto_endpoint, part_size=SIX)
+    for piece in pieces[3:]:
+        state = await append_announced(second, state.id, piece)
+    # 1 + 8 MiB; 2 MiB (a tail); 2 + 9 MiB + 1 = a part of 6 MiB and the last one.
+    assert [size for _, _, size in state.backend["parts"]] == [8 * MiB, PART + 3, 9 * MiB, SIX, PART + 1]
+    await check_object(second, view, state.id, data)
+
+
+async def test_a_cut_off_patch_sends_what_makes_a_part(
+    moto_endpoint: S3Endpoint, make_store: MakeStore, view: S3View
+) -> None:
+    store = await make_store(moto_endpoint, part_size=SIX)
+    data = payload(4 * 8 * MiB)
+    state = await store.create(new_upload_state(len(data)))
+    cut = 7 * MiB + 12345  # into the 2 MiB that the first part takes on
+    async with store.lock(state.id) as held:
+        body = UploadBody(
+            cut_off_body(data[: 8 * MiB], cut, ConnectionResetError()), state=held, expected=8 * MiB
+        )
+        with pytest.raises(ConnectionResetError):
+            await store.append(held, body)
+    kept = await store.get(state.id)
+    assert kept.offset == cut and "tail" not in kept.backend
+    assert [size for _, _, size in kept.backend["parts"]] == [cut]
+    assert store._storage.budget.in_use == 0
+    for piece in chunks(data[cut:], 8 * MiB):
+        await append_announced(store, state.id, piece)
+    await check_object(store, view, state.id, data)
+
+
+async def test_cancelled_while_a_part_waits_keeps_every_byte_taken(
+    interposer: Any, make_store: MakeStore, view: S3View
+) -> None:
+    """Cancelled with a chunk taken (and hashed) but not all of it buffered yet."""
+    layer, endpoint = interposer
+    layer.delays["UploadPart"] = 1.0
+    store = await make_store(endpoint, max_concurrency=1)
+    data = payload(3 * PART)
+    state = await store.create(new_upload_state(len(data)))
+    bodies: list[UploadBody] = []
+
+    async def patch() -> None:
+        async with store.lock(state.id) as held:
+            bodies.append(UploadBody(agen(chunks(data, 3 * MiB)), state=held))
+            await store.append(held, bodies[0])
+
+    task = asyncio.create_task(patch())
+    # Four chunks of 3 MiB taken: the second part is full with 2 MiB over while the
+    # first is still on its way, so the append waits for a slot.
+    taken = 4 * 3 * MiB
+    async with asyncio.timeout(10):
+        while not (bodies and bodies[0].taken == taken and layer.parts_in_flight == 1):
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await store._storage.cleanups.drain()
+    kept = await store.get(state.id)
+    assert kept.offset == taken
+    assert ResumableSha256(kept.sha256).hexdigest() == hashlib.sha256(data[:taken]).hexdigest()
+    layer.delays.clear()
+    await append(store, state.id, data[taken:])
+    await check_object(store, view, state.id, data)
+
+
+@pytest.mark.real_s3
+async def test_parts_of_several_sizes_on_real_s3(
+    real_s3: S3Endpoint, real_bucket: str, opened: list[S3Storage]
+) -> None:
+    make = store_factory(opened, real_bucket)
+    view = S3View(real_s3, real_bucket)
+    patches = [8 * MiB, PART + 3, 8 * MiB, MiB, 8 * MiB, 3 * MiB + 7]
+    data = payload(sum(patches))
+    store = await make(real_s3, lease=3.0, part_size=SIX)
+    state = await store.create(new_upload_state(len(data)))
+    for i, piece in enumerate(split(data, patches)):
+        if i == 3:
+            store = await make(real_s3, lease=3.0, part_size=SIX)  # another process
+        state = await append_announced(store, state.id, piece)
+    # The 1 MiB PATCH went to a tail, and into the next part; the last PATCH is the last part.
+    assert [size for _, _, size in state.backend["parts"]] == [
+        8 * MiB,
+        PART + 3,
+        8 * MiB,
+        9 * MiB,
+        3 * MiB + 7,
+    ]
+    assert "tail" not in state.backend
+    await check_object(store, view, state.id, data)
+
+
+# The decisions themselves, pure: never more than max_parts parts, no part but the
+# last under MIN_PART_SIZE, every byte in exactly one part.
+
+
+@given(
+    size=st.sampled_from([PART, SIX, 8 * MiB, PART + 1]),
+    buffered=st.integers(0, 16 * MiB),
+    to_come=st.none() | st.integers(0, 32 * MiB),
+)
+def test_part_target_leaves_no_small_rest(size: int, buffered: int, to_come: int | None) -> None:
+    target = part_target(size, buffered, to_come)
+    if buffered >= size:
+        assert target == buffered
+        return
+    assert size <= target <= min(size + MIN_PART_SIZE - 1, MAX_PART_SIZE)
+    if to_come is not None:
+        rest = buffered + to_come - target
+        assert rest <= 0 or rest >= MIN_PART_SIZE
+
+
+def simulate(
+    length: int, part_size: int, patches: list[tuple[int, int | None]], max_parts: int
+) -> tuple[list[int], bool]:
+    """What _Append and _finish do with an upload of known length, in sizes only:
+    the part sizes it ends with and whether it was one PutObject. Each PATCH is
+    (bytes that arrive, Content-Length or None)."""
+    parts: list[int] = []
+    tail = offset = 0
+    for sent, expected in patches:
+        buf, consumed = tail, 0
+        target = part_target(part_size, buf, expected)
+        while True:
+            if buf >= target:
+                parts.append(buf)
+                buf = 0
+                target = part_target(part_size, 0, None if expected is None else expected - consumed)
+            if consumed == sent:
+                break
+            step = min(target - buf, sent - consumed)
+            buf, consumed = buf + step, consumed + step
+        offset += sent
+        number = len(parts) + 1
+        if leftover_is_part(
+            buffered=buf,
+            number=number,
+            part_size=part_size,
+            growing=False,
+            length=length,
+            end=offset,
+            max_parts=max_parts,
+        ):
+            parts.append(buf)
+            buf = 0
+        tail = buf
+    assert offset == length
+    if not parts:
+        return [tail], True
+    if tail:
+        parts.append(tail)
+    return parts, False
+
+
+# Not much under 1 MiB: the simulation takes one step per PATCH.
+patch_sizes = st.sampled_from(
+    [MiB // 3, MiB, PART - 1, PART, PART + 3, SIX, 8 * MiB, 11 * MiB, 13 * MiB, 40 * MiB]
+)
+
+
+@given(
+    max_parts=st.integers(1, 40),
+    part_size=st.sampled_from([PART, SIX, 8 * MiB]),
+    fill=st.floats(0.01, 1.0),
+    cycle=st.lists(st.tuples(patch_sizes, st.sampled_from(["announced", "chunked", "cut"])), min_size=1),
+)
+@settings(deadline=None)
+@example(max_parts=MAX_PARTS, part_size=SIX, fill=1.0, cycle=[(PART + 3, "announced")])
+@example(max_parts=MAX_PARTS, part_size=SIX, fill=0.999, cycle=[(8 * MiB, "announced"), (PART, "cut")])
+def test_parts_stay_valid_and_within_max_parts(
+    max_parts: int, part_size: int, fill: float, cycle: list[tuple[int, str]]
+) -> None:
+    # An upload that part_size_for_known_size would give this part size.
+    length = max(1, int(max_parts * part_size * fill))
+    patches: list[tuple[int, int | None]] = []
+    offset, i = 0, 0
+    while offset < length:
+        size, kind = cycle[i % len(cycle)]
+        i += 1
+        size = min(size, length - offset)
+        if kind == "cut" and size > 1:
+            patches.append((size // 2, size))  # announced, then cut off halfway
+            size //= 2
+        else:
+            patches.append((size, size if kind == "announced" else None))
+        offset += size
+    parts, single = simulate(length, part_size, patches, max_parts)
+    assert sum(parts) == length
+    if single:
+        assert length <= part_size + MIN_PART_SIZE - 1
+        return
+    assert len(parts) <= max_parts
+    assert all(p >= MIN_PART_SIZE for p in parts[:-1])
+    assert all(p <= min(part_size + MIN_PART_SIZE - 1, MAX_PART_SIZE) for p in parts)
+
+
+def test_a_leftover_that_would_need_too_many_parts_stays_a_tail() -> None:
+    decide = {"part_size": SIX, "growing": False, "max_parts": 10}
+    # 10 parts of 6 MiB: a 5 MiB part now would leave 55 MiB for 9 parts of 6 MiB.
+    length = 60 * MiB
+    assert not leftover_is_part(buffered=PART, number=1, length=length, end=PART, **decide)
+    assert leftover_is_part(buffered=PART, number=1, length=length - MiB, end=PART, **decide)
+    # Too small, growing, unknown length, or all one PutObject: a tail.
+    assert not leftover_is_part(buffered=PART - 1, number=1, length=length - MiB, end=PART - 1, **decide)
+    assert not leftover_is_part(
+        buffered=PART, number=1, length=length, end=PART, **{**decide, "growing": True}
+    )
+    assert not leftover_is_part(buffered=PART, number=1, length=None, end=PART, **decide)
+    assert not leftover_is_part(buffered=PART + 1, number=1, length=PART + 1, end=PART + 1, **decide)
+    # The end of the upload: its last part, once there is a part before it.
+    assert leftover_is_part(buffered=1, number=2, length=SIX + 1, end=SIX + 1, **decide)
+    assert not leftover_is_part(buffered=1, number=1, length=SIX + 1, end=SIX + 1, **decide)
