@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -358,18 +359,39 @@ async def status_of(reader: asyncio.StreamReader) -> int:
         return int((await reader.readline()).split()[1])
 
 
-async def wait_until_locked(client: Any, location: str) -> None:
-    async with asyncio.timeout(10):
-        # A wrong offset never writes: 409 until the other PATCH holds the lock, then 423.
-        while (await patch(client, location, 99, b"zz")).status != 423:
-            await asyncio.sleep(0.05)
+async def holding_patch(
+    host: str, port: int, location: str, length: int, first: bytes, probe: Callable[[], Awaitable[int]]
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A PATCH at offset 0, stopped after ``first``, that holds the upload's lock.
+
+    ``probe`` sends a PATCH at a wrong offset, which never writes: 409 while the lock
+    is free, 423 once the held PATCH has it. A probe can hold the lock at the very
+    moment the held PATCH asks for it; that PATCH is then refused, and sent again.
+    """
+    async with asyncio.timeout(30):
+        while True:
+            reader, writer = await open_patch(host, port, location, 0, length, first)
+            while (status := await probe()) != 423:
+                assert status == 409
+                try:
+                    async with asyncio.timeout(0.1):
+                        await reader.readline()  # an answer: the held PATCH was refused
+                    break
+                except TimeoutError:
+                    continue
+            else:
+                return reader, writer
+            writer.close()
 
 
 async def test_concurrent_patches_are_refused(backend: Backend, proxy_client: Any) -> None:
     client = await proxy_client(backend.config)
     location = await create(client, 10)
-    reader, writer = await open_patch(client.host, client.port, location, 0, 5, b"abc")
-    await wait_until_locked(client, location)
+
+    async def probe() -> int:
+        return int((await patch(client, location, 99, b"zz")).status)
+
+    reader, writer = await holding_patch(client.host, client.port, location, 5, b"abc", probe)
     for offset in (0, 3):
         second = await patch(client, location, offset, b"zz")
         assert second.status == 423, await second.text()

@@ -15,7 +15,7 @@ import pytest
 from tusclient.client import TusClient
 
 from tests.conftest import Backend, MiB, backend_settings, free_port, start_server, wait_for_port
-from tests.handlers.test_uploads import open_patch, status_of
+from tests.handlers.test_uploads import holding_patch, open_patch, status_of
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTET = {**TUS, "Content-Type": "application/offset+octet-stream"}
@@ -185,15 +185,13 @@ async def test_concurrent_patches_across_processes(backend: Backend, servers: li
         headers = {**TUS, "Upload-Length": str(len(data)), "Upload-Metadata": "filename bW92aWUubXA0"}
         async with session.post(f"{servers[0].url}/uploads/", headers=headers) as response:
             path = response.headers["Location"]
-        reader, writer = await open_patch("127.0.0.1", servers[0].port, path, 0, len(data), data[:MiB])
-        async with asyncio.timeout(10):
-            while True:
-                wrong = {**OCTET, "Upload-Offset": "99"}
-                async with session.patch(servers[1].url + path, data=b"z", headers=wrong) as response:
-                    if response.status == 423:
-                        break
-                    assert response.status == 409
-                await asyncio.sleep(0.05)
+
+        async def probe() -> int:
+            wrong = {**OCTET, "Upload-Offset": "99"}
+            async with session.patch(servers[1].url + path, data=b"z", headers=wrong) as response:
+                return response.status
+
+        reader, writer = await holding_patch("127.0.0.1", servers[0].port, path, len(data), data[:MiB], probe)
         whole = {**OCTET, "Upload-Offset": "0"}
         async with session.patch(servers[1].url + path, data=data, headers=whole) as response:
             assert response.status == 423
