@@ -146,7 +146,11 @@ class LocalStorage:
         except IsADirectoryError:
             raise KeyConflict("the key is an existing directory of objects") from None
         fsync_dir(path.parent)
-        st = path.stat()
+        return self.describe_file(key, meta)
+
+    def describe_file(self, key: str, meta: dict[str, Any]) -> ObjectInfo:
+        """Record ``meta`` for the object ``key`` as it is now. Blocking."""
+        st = self.path_for(key).stat()
         self._write_meta(key, st, meta)
         return self._info(key, st, meta)
 

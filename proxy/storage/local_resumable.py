@@ -76,22 +76,25 @@ class LocalResumableStore:
     # -- state ---------------------------------------------------------------
 
     async def create(self, state: UploadState) -> UploadState:
-        await asyncio.to_thread(self._create, state)
-        return state
+        return await asyncio.to_thread(self._create, state)
 
-    def _create(self, state: UploadState) -> None:
+    def _create(self, state: UploadState) -> UploadState:
         target = self._dir(state.id)
         build = self._storage.temp_path(".upload")
         build.mkdir()
         try:
             for name in (DATA, LOCK):
                 (build / name).touch(exist_ok=False)
+            # Finishing renames the data file onto the key: its inode tells, after a
+            # crash, whether the object there is this upload.
+            state = replace(state, backend={**state.backend, "data_ino": os.stat(build / DATA).st_ino})
             _write_state(build, state)
             os.rename(build, target)
         except BaseException:
             shutil.rmtree(build, ignore_errors=True)
             raise
         fsync_dir(self._uploads)
+        return state
 
     async def get(self, upload_id: str) -> UploadState:
         return await asyncio.to_thread(self._read_state, upload_id)
@@ -199,13 +202,24 @@ class LocalResumableStore:
 
     def _finish(self, state: UploadState) -> ObjectInfo:
         data = self._dir(state.id) / DATA
-        with open(data, "r+b") as fh:
-            fh.truncate(state.offset)  # bytes a writer that died left past the end are not the upload's
-            os.fsync(fh.fileno())
         meta = {"content_type": state.content_type, "sha256": ResumableSha256(state.sha256).hexdigest()}
-        info = self._storage.publish_file(state.key, data, meta)
+        if not data.exists() and self._published(state):
+            # A process died after the rename and before saving done: finish its work.
+            info = self._storage.describe_file(state.key, meta)
+        else:
+            with open(data, "r+b") as fh:
+                fh.truncate(state.offset)  # bytes a writer that died left past the end are not the upload's
+                os.fsync(fh.fileno())
+            info = self._storage.publish_file(state.key, data, meta)
         self._save(replace(state, done=True))
         return info
+
+    def _published(self, state: UploadState) -> bool:
+        ino = state.backend.get("data_ino")
+        try:
+            return ino is not None and self._storage.path_for(state.key).stat().st_ino == ino
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     async def terminate(self, state: UploadState) -> None:
         await self._to_the_end(state.id, asyncio.to_thread(self._terminate, state.id))

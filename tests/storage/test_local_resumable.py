@@ -415,3 +415,39 @@ async def test_what_a_crash_while_creating_or_removing_leaves_is_cleared(root: P
         assert await store.upload_ids() == []
     async with opened(root):  # a restart clears them, once they are older than any upload in progress
         assert LocalView(root).leftovers() == []
+
+
+@pytest.mark.parametrize("metadata_written", [True, False])
+async def test_finish_after_a_crash_that_followed_the_rename(
+    store: LocalResumableStore, root: Path, metadata_written: bool
+) -> None:
+    data = b"abcdef"
+    state = await store.create(new_upload_state(key="v/a.bin", length=len(data)))
+    await append(store, state.id, agen([data]))
+    # As a process that died right after publishing, before saving done (and maybe
+    # before writing the object's metadata) would leave it.
+    (root / "v").mkdir()
+    os.replace(upload_dir(root, state.id) / "data", root / "v" / "a.bin")
+    if metadata_written:
+        LocalStorage(root).describe_file("v/a.bin", {"content_type": "video/mp4"})
+    async with store.lock(state.id) as held:
+        assert held.complete and not held.done
+        info = await store.finish(held)
+    digest = hashlib.sha256(data).hexdigest()
+    assert info.sha256 == digest == LocalView(root).metadata("v/a.bin")["sha256"]
+    assert LocalView(root).get("v/a.bin") == data
+    assert (await store.get(state.id)).done
+
+
+async def test_a_file_at_the_key_that_is_not_the_upload_is_not_taken_for_it(
+    store: LocalResumableStore, root: Path
+) -> None:
+    state = await store.create(new_upload_state(key="v/a.bin", length=3))
+    await append(store, state.id, agen([b"abc"]))
+    (upload_dir(root, state.id) / "data").unlink()  # gone some other way
+    (root / "v").mkdir()
+    (root / "v" / "a.bin").write_bytes(b"xyz")
+    async with store.lock(state.id) as held:
+        with pytest.raises(FileNotFoundError):
+            await store.finish(held)
+    assert not (await store.get(state.id)).done
