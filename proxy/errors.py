@@ -10,7 +10,9 @@ from aiohttp import web
 
 from proxy.keys import InvalidKey
 from proxy.storage.base import KeyConflict, ObjectNotFound, ObjectTooLarge, UpstreamError
+from proxy.storage.resumable import ChecksumMismatch, UploadLocked, UploadNotFound
 from proxy.streams import BodyTooLarge
+from proxy.tus_protocol import TusHeaderError
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -35,26 +37,31 @@ def json_error(
     return web.json_response(body, status=status, headers=headers)
 
 
-# Exceptions the storage layer and body helpers raise on purpose, and their answers.
-_MAPPED: list[tuple[type[Exception], int, str]] = [
-    (InvalidKey, 400, "invalid_key"),
-    (ObjectNotFound, 404, "not_found"),
-    (KeyConflict, 409, "key_conflict"),
-    (BodyTooLarge, 413, "too_large"),
-    (ObjectTooLarge, 413, "too_large"),
-    (UpstreamError, 502, "upstream_error"),
+# Exceptions the storage layer, body helpers and protocol rules raise on purpose, and
+# their answers: status, error, and the message with the exception's text as {}.
+_MAPPED: list[tuple[type[Exception], int, str, str]] = [
+    (InvalidKey, 400, "invalid_key", "{}"),
+    (TusHeaderError, 400, "invalid_header", "{}"),
+    (ObjectNotFound, 404, "not_found", "no object at {}"),
+    (UploadNotFound, 404, "not_found", "no upload {}"),
+    (KeyConflict, 409, "key_conflict", "{}"),
+    (BodyTooLarge, 413, "too_large", "{}"),
+    (ObjectTooLarge, 413, "too_large", "{}"),
+    (UploadLocked, 423, "locked", "{}"),
+    # tus's status for a chunk that does not match its Upload-Checksum.
+    (ChecksumMismatch, 460, "checksum_mismatch", "{}"),
+    (UpstreamError, 502, "upstream_error", "{}"),
     # The client went away mid-body: nobody reads the answer, but it is no server error.
-    (ConnectionResetError, 400, "client_disconnected"),
+    (ConnectionResetError, 400, "client_disconnected", "{}"),
 ]
 
 
 def to_api_error(exc: Exception) -> ApiError | None:
     if isinstance(exc, ApiError):
         return exc
-    for cls, status, error in _MAPPED:
+    for cls, status, error, message in _MAPPED:
         if isinstance(exc, cls):
-            message = f"no object at {exc}" if isinstance(exc, ObjectNotFound) else str(exc)
-            return ApiError(status, error, message)
+            return ApiError(status, error, message.format(exc))
     return None
 
 

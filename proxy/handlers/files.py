@@ -41,7 +41,7 @@ def _limit(request: web.Request, body: AsyncIterator[bytes]) -> AsyncIterator[by
     return limited(body, limit) if limit else body
 
 
-async def _request_chunks(request: web.Request) -> AsyncIterator[bytes]:
+async def request_chunks(request: web.Request) -> AsyncIterator[bytes]:
     while chunk := await request.content.readany():
         yield chunk
 
@@ -70,7 +70,7 @@ async def put_file(request: web.Request) -> web.Response:
     declared = request.headers.get("Content-Type")
     info = await request.app[STORAGE].write(
         key,
-        _limit(request, _request_chunks(request)),
+        _limit(request, request_chunks(request)),
         content_type=content_type_for(declared, key),
         size=size,
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from urllib.parse import quote
@@ -18,14 +17,12 @@ from uuid import uuid4
 from aiohttp import web
 
 from proxy.errors import ApiError, Handler, to_api_error
-from proxy.handlers.files import content_type_for
+from proxy.handlers.files import content_type_for, request_chunks
 from proxy.http_conditions import format_http_date
 from proxy.storage.resumable import (
     UPLOAD_ID,
-    ChecksumMismatch,
     ResumableStore,
     UploadBody,
-    UploadLocked,
     UploadNotFound,
     UploadState,
 )
@@ -58,13 +55,6 @@ class TusSettings:
 UPLOADS: web.AppKey[ResumableStore] = web.AppKey("uploads", ResumableStore)
 TUS: web.AppKey[TusSettings] = web.AppKey("tus", TusSettings)
 
-_ERRORS: list[tuple[type[Exception], int, str]] = [
-    (TusHeaderError, 400, "invalid_header"),
-    (UploadNotFound, 404, "not_found"),
-    (UploadLocked, 423, "locked"),
-    (ChecksumMismatch, 460, "checksum_mismatch"),
-]
-
 
 def tus_endpoint(handler: Handler) -> Handler:
     """Checks Tus-Resumable and puts it on every answer, errors included."""
@@ -83,7 +73,7 @@ def tus_endpoint(handler: Handler) -> Handler:
                     )
             response = await handler(request)
         except Exception as exc:
-            api = _tus_error(exc)
+            api = to_api_error(exc)
             if api is None:
                 raise
             api.headers["Tus-Resumable"] = TUS_VERSION
@@ -92,14 +82,6 @@ def tus_endpoint(handler: Handler) -> Handler:
         return response
 
     return wrapped
-
-
-def _tus_error(exc: Exception) -> ApiError | None:
-    for cls, status, error in _ERRORS:
-        if isinstance(exc, cls):
-            message = f"no upload {exc}" if isinstance(exc, UploadNotFound) else str(exc)
-            return ApiError(status, error, message)
-    return to_api_error(exc)
 
 
 def _upload_id(request: web.Request) -> str:
@@ -127,11 +109,6 @@ def _state_headers(state: UploadState) -> dict[str, str]:
 def _check_size(length: int, settings: TusSettings) -> None:
     if settings.max_size and length > settings.max_size:
         raise ApiError(413, "too_large", f"the upload is larger than the limit of {settings.max_size} bytes")
-
-
-async def _request_chunks(request: web.Request) -> AsyncIterator[bytes]:
-    while chunk := await request.content.readany():
-        yield chunk
 
 
 def _has_body(request: web.Request) -> bool:
@@ -243,7 +220,7 @@ async def _write(request: web.Request, upload_id: str, *, offset: int) -> Upload
             return state
         if _has_body(request):
             body = UploadBody(
-                _request_chunks(request),
+                request_chunks(request),
                 state=state,
                 checksum=checksum,
                 limit=room,

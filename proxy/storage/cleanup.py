@@ -12,20 +12,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Cleanups:
     def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
 
-    async def run(self, work: Awaitable[None]) -> None:
-        """Run ``work`` to completion even if the caller is cancelled meanwhile."""
+    async def run(self, work: Awaitable[T]) -> T:
+        """Run ``work`` (a coroutine or a task) to completion even if the caller is
+        cancelled meanwhile; return its result."""
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        await asyncio.shield(task)
+        return await asyncio.shield(task)
 
     async def drain(self) -> None:
         if self._tasks:

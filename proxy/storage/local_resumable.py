@@ -143,8 +143,7 @@ class LocalResumableStore:
         task = asyncio.ensure_future(work)
         self._unfinished[upload_id] = task
         task.add_done_callback(lambda _: self._unfinished.pop(upload_id, None))
-        await self._cleanups.run(_ended(task))
-        return task.result()
+        return await self._cleanups.run(task)
 
     # -- bytes ---------------------------------------------------------------
 
@@ -268,7 +267,3 @@ def _take_lock(path: Path, upload_id: str) -> int:
 def _close_taken(taking: asyncio.Future[int]) -> None:
     if not taking.cancelled() and taking.exception() is None:
         os.close(taking.result())
-
-
-async def _ended(task: asyncio.Future[Any]) -> None:
-    await asyncio.wait([task])

@@ -268,16 +268,6 @@ class S3ResumableStore:
         """Nothing to release: writes that must finish run in the storage's Cleanups,
         which S3Storage.close() waits for."""
 
-    async def _shielded(self, work: Awaitable[T]) -> T:
-        """Run ``work`` to the end even if the caller is cancelled meanwhile."""
-        result: list[T] = []
-
-        async def run() -> None:
-            result.append(await work)
-
-        await self._storage.cleanups.run(run())
-        return result[0]
-
     # State
 
     async def _read_state(self, upload_id: str) -> tuple[UploadState, dict[str, Any]]:
@@ -354,7 +344,7 @@ class S3ResumableStore:
             try:
                 yield state
             finally:
-                await self._shielded(self._release(held))
+                await self._storage.cleanups.run(self._release(held))
         finally:
             del self._held[upload_id]
 
@@ -478,19 +468,19 @@ class S3ResumableStore:
         except BaseException as exc:
             keep = body.keeps_partial and (appending.body_failed or isinstance(exc, asyncio.CancelledError))
             if not keep:
-                await self._shielded(appending.discard())
+                await self._storage.cleanups.run(appending.discard())
                 raise
             try:
-                await self._shielded(appending.save(body))
+                await self._storage.cleanups.run(appending.save(body))
             except StorageError as save_error:
                 log.warning("upload %s: could not keep a cut-off chunk: %s", state.id, save_error)
             raise
-        return await self._shielded(appending.save(body))
+        return await self._storage.cleanups.run(appending.save(body))
 
     async def finish(self, state: UploadState) -> ObjectInfo:
         # Once every byte is in, publishing no longer depends on the client: it runs
         # to the end even if the request is cancelled meanwhile.
-        return await self._shielded(self._finish(self._holding(state), state))
+        return await self._storage.cleanups.run(self._finish(self._holding(state), state))
 
     async def _finish(self, held: _Held, state: UploadState) -> ObjectInfo:
         layout = _Layout.of(state)
