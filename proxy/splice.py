@@ -2,7 +2,9 @@
 
 ``splice_exactly`` moves a socket's bytes to another socket through a pipe with
 splice(2): they never enter the interpreter, which roughly halves the CPU a relay
-costs. The descriptors must be non-blocking; readiness is awaited on the running loop.
+costs. The loop itself runs on a worker thread that waits in poll(2): waking the
+event loop for every chunk cost more CPU than the splicing (about 80 us of Python
+per wake-up, 2,000 wake-ups per GiB), and kept the loop from other requests.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import select
+from concurrent.futures import Executor
 
-# A larger pipe means fewer splice calls and loop wake-ups per byte. Linux lets an
+# A larger pipe means fewer splice calls and wake-ups per byte. Linux lets an
 # unprivileged process grow a pipe to /proc/sys/fs/pipe-max-size (1 MiB by default).
 PIPE_BYTES = 1024 * 1024
 _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
@@ -23,17 +27,45 @@ class SourceError(Exception):
     unlike ConnectionError, which is raised for the destination (the client)."""
 
 
-async def splice_exactly(src: int, dst: int, count: int, *, read_timeout: float) -> None:
-    """Move exactly ``count`` bytes from socket ``src`` to socket ``dst``; nothing
-    after them is read from ``src``, so a keep-alive connection stays usable."""
+class _Stopped(Exception):
+    """The waiting coroutine was cancelled and asked the thread to stop."""
+
+
+async def splice_exactly(src: int, dst: int, count: int, *, read_timeout: float, executor: Executor) -> None:
+    """Move exactly ``count`` bytes from socket ``src`` to socket ``dst`` on one of
+    ``executor``'s threads; nothing after them is read from ``src``, so a keep-alive
+    connection stays usable. Cancelling returns once the thread has let go of both
+    descriptors, so the caller may close them."""
+    stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    try:
+        moving = asyncio.get_running_loop().run_in_executor(
+            executor, _splice_waiting_in_poll, src, dst, count, read_timeout, stop
+        )
+        try:
+            await asyncio.shield(moving)
+        except asyncio.CancelledError:
+            os.eventfd_write(stop, 1)
+            while not moving.done():
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(moving)
+            raise
+    finally:
+        os.close(stop)
+
+
+def _splice_waiting_in_poll(src: int, dst: int, count: int, read_timeout: float, stop: int) -> None:
     pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         room = _grow(pipe_w)
+        readable = _poller(src, select.POLLIN, stop)
+        writable = _poller(dst, select.POLLOUT, stop)
+        timeout_ms = max(1, round(read_timeout * 1000))
         while count:
             try:
                 moved = os.splice(src, pipe_w, min(count, room), flags=_FLAGS)
             except BlockingIOError:
-                await wait_ready(src, writing=False, timeout=read_timeout)
+                if not _wait(readable, stop, timeout_ms):
+                    raise SourceError(f"no data for {read_timeout:g} s") from None
                 continue
             except OSError as exc:
                 raise SourceError(f"reading the source failed: {exc}") from exc
@@ -44,10 +76,28 @@ async def splice_exactly(src: int, dst: int, count: int, *, read_timeout: float)
                 try:
                     moved -= os.splice(pipe_r, dst, moved, flags=_FLAGS)
                 except BlockingIOError:
-                    await wait_ready(dst, writing=True)
+                    # A client that stops reading is waited for as long as it stays
+                    # connected, as aiohttp waits on its own writes.
+                    _wait(writable, stop, None)
     finally:
         os.close(pipe_r)
         os.close(pipe_w)
+
+
+def _poller(fd: int, event: int, stop: int) -> select.poll:
+    poller = select.poll()
+    poller.register(fd, event)
+    poller.register(stop, select.POLLIN)
+    return poller
+
+
+def _wait(poller: select.poll, stop: int, timeout_ms: int | None) -> bool:
+    """Whether ``poller`` saw its descriptor ready (or failed: the next splice tells
+    how) before the timeout; _Stopped when ``stop`` was signalled."""
+    events = poller.poll(timeout_ms)
+    if any(fd == stop for fd, _ in events):
+        raise _Stopped
+    return bool(events)
 
 
 async def send_all(fd: int, data: bytes) -> None:
@@ -57,39 +107,23 @@ async def send_all(fd: int, data: bytes) -> None:
         try:
             view = view[os.write(fd, view) :]
         except BlockingIOError:
-            await wait_ready(fd, writing=True)
+            await wait_writable(fd)
 
 
-# A timeout argument rather than asyncio.timeout(): this runs once per wake-up of a
-# relay, thousands of times per GiB, and a timer handle is the cheapest way.
-async def wait_ready(fd: int, *, writing: bool, timeout: float | None = None) -> None:  # noqa: ASYNC109
-    """Until ``fd`` is writable (or readable); with ``timeout``, SourceError after it."""
+async def wait_writable(fd: int) -> None:
+    """Until the socket ``fd`` can take more bytes (or has failed)."""
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
-    if writing:
-        loop.add_writer(fd, _wake, ready)
-    else:
-        loop.add_reader(fd, _wake, ready)
-    expiry = None if timeout is None else loop.call_later(timeout, _expire, ready, timeout)
+    loop.add_writer(fd, _wake, ready)
     try:
         await ready
     finally:
-        if expiry is not None:
-            expiry.cancel()
-        if writing:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
+        loop.remove_writer(fd)
 
 
 def _wake(ready: asyncio.Future[None]) -> None:
     if not ready.done():
         ready.set_result(None)
-
-
-def _expire(ready: asyncio.Future[None], timeout: float) -> None:
-    if not ready.done():
-        ready.set_exception(SourceError(f"no data for {timeout:g} s"))
 
 
 def _grow(pipe: int) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from proxy.splice import wait_ready
+from proxy.splice import wait_writable
 
 
 class ClientSocket:
@@ -41,7 +41,7 @@ class ClientSocket:
             if not self._transport.get_write_buffer_size():
                 return self._fd
             # The transport flushes on the same readiness: look again after it ran.
-            await wait_ready(self._fd, writing=True)
+            await wait_writable(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -61,6 +62,8 @@ class S3Relay:
         self._slots = asyncio.Semaphore(max_connections)
         self._max_idle = max_connections
         self._idle: list[socket.socket] = []
+        # One thread per body being moved: each holds a slot, so none ever queues.
+        self.movers = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="s3-relay")
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
 
@@ -94,6 +97,8 @@ class S3Relay:
         )
 
     def close(self) -> None:
+        # Called once no request is left, so no thread is moving anything.
+        self.movers.shutdown(wait=False)
         while self._idle:
             self._idle.pop().close()
 
@@ -260,7 +265,11 @@ class OpenedRange:
         await send_all(fd, self._leftover)
         try:
             await splice_exactly(
-                self._sock.fileno(), fd, self._remaining, read_timeout=self._relay.read_timeout
+                self._sock.fileno(),
+                fd,
+                self._remaining,
+                read_timeout=self._relay.read_timeout,
+                executor=self._relay.movers,
             )
         except SourceError as exc:
             raise UpstreamError(f"S3 body: {exc}") from exc
