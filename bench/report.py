@@ -44,9 +44,16 @@ def throughput_row(
     notes: Sequence[str] = (),
 ) -> Row:
     """Median MB/s of each side; passes when proxy/reference >= ``min_ratio``
-    (``None``: the issue names no target, the row only informs)."""
+    (``None``: the issue names no target, the row only informs). A note adds each
+    round's own ratio: its two transfers ran back to back, so a machine whose speed
+    drifts over the run moves both alike."""
     proxy, reference = statistics.median(proxy_mbps), statistics.median(reference_mbps)
     ratio = proxy / reference
+    paired = [p / r for p, r in zip(proxy_mbps, reference_mbps, strict=True)]
+    paired_note = (
+        f"{measurement}: ratio per round {_list([f'{v:.2f}' for v in paired])}, "
+        f"median {statistics.median(paired):.2f}"
+    )
     return compared_row(
         measurement,
         f"{proxy:.1f} MB/s",
@@ -57,7 +64,7 @@ def throughput_row(
         unit="MB/s",
         proxy_rounds=[f"{v:.1f}" for v in proxy_mbps],
         reference_rounds=[f"{v:.1f}" for v in reference_mbps],
-        notes=notes,
+        notes=[paired_note, *notes],
     )
 
 
