@@ -30,6 +30,11 @@ most PATCHes of a few MiB their tail (part_target, leftover_is_part):
 
 Every part's size is recorded in the state, so offsets stay right across processes.
 
+A finish completes the multipart upload, attaches the sha256 (a copy onto itself)
+and then saves the state as done. If it stops in between, the multipart upload is
+gone and the next finish fails on it; that finish then recognises the object
+(_published_before) and takes the work up where it stopped.
+
 Locking: what is guaranteed
 ---------------------------
 Every write of the state object is conditional: the first with ``If-None-Match: *``,
@@ -72,6 +77,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 import uuid
@@ -138,6 +144,10 @@ async def _read_into(stream: Any, buf: bytearray) -> None:
             buf += chunk
     finally:
         stream.close()
+
+
+def _md5(data: bytes | bytearray) -> bytes:
+    return hashlib.md5(data, usedforsecurity=False).digest()
 
 
 def part_target(size: int, buffered: int, to_come: int | None) -> int:
@@ -498,14 +508,20 @@ class S3ResumableStore:
             else:
                 assert layout.upload_id is not None
                 etags = {number: etag for number, etag, _ in layout.parts}
-                if tail:
-                    sender = self._part_sender(state, layout.upload_id)
-                    sender.start(len(layout.parts) + 1, tail, reserved)
-                    reserved = 0
-                    await sender.wait_all()
-                    etags.update(sender.etags)
-                etag, size = await target.complete(layout.upload_id, etags)
-                etag = await target.attach_sha256(etag, size, sha256)
+                try:
+                    if tail:
+                        sender = self._part_sender(state, layout.upload_id)
+                        sender.start(len(layout.parts) + 1, tail, reserved)
+                        reserved = 0
+                        await sender.wait_all()
+                        etags.update(sender.etags)
+                    etag, size = await target.complete(layout.upload_id, etags)
+                    etag = await target.attach_sha256(etag, size, sha256)
+                except UpstreamError:
+                    published = await self._published_before(target, state, layout, sha256)
+                    if published is None:
+                        raise
+                    etag = published
         finally:
             budget.release(reserved)
         self._storage.forget_recent(state.key)
@@ -521,6 +537,35 @@ class S3ResumableStore:
             content_type=state.content_type,
             sha256=sha256,
         )
+
+    async def _published_before(
+        self, target: UploadTarget, state: UploadState, layout: _Layout, sha256: str
+    ) -> str | None:
+        """The object's ETag if an earlier finish of this upload already completed it
+        and then stopped before saving done (a crash, a lost answer): that multipart
+        upload is gone, so this finish fails. The object is known by the sha256 the
+        earlier finish attached, or before that by the multipart ETag its parts make
+        (the MD5 of their MD5s, as S3 computes it), and the work is taken up there."""
+        try:
+            info = await self._storage.stat(state.key)
+        except ObjectNotFound:
+            return None
+        if info.size != state.offset:
+            return None
+        if info.sha256 == sha256:
+            return info.etag
+        try:
+            md5s = [bytes.fromhex(etag.strip('"')) for _, etag, _ in layout.parts]
+        except ValueError:
+            return None  # not MD5 ETags (e.g. SSE-KMS): nothing to compare
+        if layout.tail is not None:
+            tail = bytearray()
+            await self._read_tail(state, layout, tail)
+            md5s.append(await asyncio.to_thread(_md5, tail))
+        if info.etag != f'"{_md5(b"".join(md5s)).hex()}-{len(md5s)}"':
+            return None
+        log.info("upload %s: finishing the work of an earlier finish that stopped", state.id)
+        return await target.attach_sha256(info.etag, info.size, sha256)
 
     async def terminate(self, state: UploadState) -> None:
         held = self._holding(state)
