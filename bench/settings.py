@@ -17,7 +17,7 @@ class BenchError(Exception):
 @dataclass(frozen=True)
 class Settings:
     size: int = 512 * MiB
-    rounds: int = 3
+    rounds: int = 5
     rss_sizes: tuple[int, ...] = (200 * MiB, 1024 * MiB)
     warmup: int = 32 * MiB
     # The object the download measurements read, and how many ranges of it time latency.
@@ -41,7 +41,7 @@ class Settings:
         only = env.get("BENCH_ONLY", "")
         return cls(
             size=_mib(env, "BENCH_SIZE_MIB", 512, minimum=1),
-            rounds=_int(env, "BENCH_ROUNDS", 3, minimum=1),
+            rounds=_int(env, "BENCH_ROUNDS", 5, minimum=1),
             rss_sizes=tuple(
                 _parse_int("BENCH_RSS_SIZES_MIB", part, minimum=1) * MiB
                 for part in env.get("BENCH_RSS_SIZES_MIB", "200,1024").split(",")
