@@ -12,7 +12,8 @@ Environment:
   testaccesskey/testsecretkey/us-east-1, what ../shared/s3 creates).
 - ``BENCH_SIZE_MIB`` (512): upload size of the upload throughput measurements.
 - ``BENCH_ROUNDS`` (5): rounds of each throughput and latency measurement, alternating
-  which side goes first; medians are reported.
+  which side goes first; medians are reported, and a throughput ratio is the median
+  of the rounds' own ratios.
 - ``BENCH_RSS_SIZES_MIB`` (200,1024): upload sizes of the peak RSS measurement.
 - ``BENCH_WARMUP_MIB`` (32): one untimed upload (or ranged download) of this size per
   path first; 0 = none.
