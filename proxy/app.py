@@ -42,7 +42,9 @@ def create_app(config: Config, storage: Storage | None = None) -> web.Applicatio
     app[files.STORAGE] = storage = storage or make_storage(config)
     app[files.MAX_UPLOAD] = config.server.max_upload_bytes
     app[downloads.DOWNLOADS] = downloads.DownloadSettings(
-        cache_control=config.server.cache_control, max_ranges=config.server.max_ranges
+        cache_control=config.server.cache_control,
+        max_ranges=config.server.max_ranges,
+        send_timeout=config.server.send_timeout or None,
     )
     app[uploads.UPLOADS] = make_resumable(storage, config)
     app[uploads.TUS] = uploads.TusSettings(

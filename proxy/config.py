@@ -72,6 +72,9 @@ class ServerConfig:
     cache_control: str = "no-cache"
     # A Range header with more ranges than this gets the whole object (200).
     max_ranges: int = 16
+    # Seconds an S3 download waits for its client to take more bytes before the
+    # connection is closed (0: no limit): a paused player must not hold S3 forever.
+    send_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -245,6 +248,7 @@ def _validate(config: Config) -> None:
         (server.max_upload_bytes >= 0, "server.max_upload_bytes: must not be negative"),
         (server.shutdown_timeout >= 0, "server.shutdown_timeout: must not be negative"),
         (server.max_ranges >= 1, "server.max_ranges: must be at least 1"),
+        (server.send_timeout >= 0, "server.send_timeout: must not be negative"),
         (
             storage.backend in ("local", "s3"),
             f"storage.backend: must be 'local' or 's3', got {storage.backend!r}",

@@ -27,19 +27,36 @@ class SourceError(Exception):
     unlike ConnectionError, which is raised for the destination (the client)."""
 
 
+class ClientStalled(ConnectionError):
+    """The destination (the client) took no bytes for the send timeout."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"the client took no bytes for {timeout:g} s")
+
+
 class _Stopped(Exception):
     """The waiting coroutine was cancelled and asked the thread to stop."""
 
 
-async def splice_exactly(src: int, dst: int, count: int, *, read_timeout: float, executor: Executor) -> None:
+async def splice_exactly(
+    src: int,
+    dst: int,
+    count: int,
+    *,
+    read_timeout: float,
+    send_timeout: float | None,
+    executor: Executor,
+) -> None:
     """Move exactly ``count`` bytes from socket ``src`` to socket ``dst`` on one of
     ``executor``'s threads; nothing after them is read from ``src``, so a keep-alive
-    connection stays usable. Cancelling returns once the thread has let go of both
-    descriptors, so the caller may close them."""
+    connection stays usable. SourceError when ``src`` sends nothing for
+    ``read_timeout`` seconds, ClientStalled when ``dst`` takes nothing for
+    ``send_timeout`` (None: no limit). Cancelling returns once the thread has let go
+    of both descriptors, so the caller may close them."""
     stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
     try:
         moving = asyncio.get_running_loop().run_in_executor(
-            executor, _splice_waiting_in_poll, src, dst, count, read_timeout, stop
+            executor, _splice_waiting_in_poll, src, dst, count, read_timeout, send_timeout, stop
         )
         try:
             await asyncio.shield(moving)
@@ -53,18 +70,21 @@ async def splice_exactly(src: int, dst: int, count: int, *, read_timeout: float,
         os.close(stop)
 
 
-def _splice_waiting_in_poll(src: int, dst: int, count: int, read_timeout: float, stop: int) -> None:
+def _splice_waiting_in_poll(
+    src: int, dst: int, count: int, read_timeout: float, send_timeout: float | None, stop: int
+) -> None:
     pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         room = _grow(pipe_w)
         readable = _poller(src, select.POLLIN, stop)
         writable = _poller(dst, select.POLLOUT, stop)
-        timeout_ms = max(1, round(read_timeout * 1000))
+        read_ms = _ms(read_timeout)
+        send_ms = None if send_timeout is None else _ms(send_timeout)
         while count:
             try:
                 moved = os.splice(src, pipe_w, min(count, room), flags=_FLAGS)
             except BlockingIOError:
-                if not _wait(readable, stop, timeout_ms):
+                if not _wait(readable, stop, read_ms):
                     raise SourceError(f"no data for {read_timeout:g} s") from None
                 continue
             except OSError as exc:
@@ -76,12 +96,16 @@ def _splice_waiting_in_poll(src: int, dst: int, count: int, read_timeout: float,
                 try:
                     moved -= os.splice(pipe_r, dst, moved, flags=_FLAGS)
                 except BlockingIOError:
-                    # A client that stops reading is waited for as long as it stays
-                    # connected, as aiohttp waits on its own writes.
-                    _wait(writable, stop, None)
+                    if not _wait(writable, stop, send_ms):
+                        assert send_timeout is not None
+                        raise ClientStalled(send_timeout) from None
     finally:
         os.close(pipe_r)
         os.close(pipe_w)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 def _poller(fd: int, event: int, stop: int) -> select.poll:
@@ -100,23 +124,28 @@ def _wait(poller: select.poll, stop: int, timeout_ms: int | None) -> bool:
     return bool(events)
 
 
-async def send_all(fd: int, data: bytes) -> None:
+async def send_all(fd: int, data: bytes, *, send_timeout: float | None) -> None:
     """Write all of ``data`` to the non-blocking socket ``fd``."""
     view = memoryview(data)
     while view:
         try:
             view = view[os.write(fd, view) :]
         except BlockingIOError:
-            await wait_writable(fd)
+            await wait_writable(fd, send_timeout)
 
 
-async def wait_writable(fd: int) -> None:
-    """Until the socket ``fd`` can take more bytes (or has failed)."""
+async def wait_writable(fd: int, send_timeout: float | None) -> None:
+    """Until the socket ``fd`` can take more bytes (or has failed); ClientStalled
+    after ``send_timeout`` seconds (None: no limit)."""
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
     loop.add_writer(fd, _wake, ready)
     try:
-        await ready
+        async with asyncio.timeout(send_timeout):
+            await ready
+    except TimeoutError:
+        assert send_timeout is not None
+        raise ClientStalled(send_timeout) from None
     finally:
         loop.remove_writer(fd)
 

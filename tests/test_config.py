@@ -345,6 +345,12 @@ def test_value_with_a_newline_is_reported_on_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("value", ["-1", "nan", "inf"])
-def test_shutdown_timeout_must_be_a_finite_non_negative_number(value: str) -> None:
-    with pytest.raises(ConfigError, match=r"server\.shutdown_timeout"):
-        load_config(None, {"STREAM_PROXY_SERVER_SHUTDOWN_TIMEOUT": value})
+@pytest.mark.parametrize("setting", ["shutdown_timeout", "send_timeout"])
+def test_server_timeouts_must_be_finite_non_negative_numbers(setting: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"server\.{setting}"):
+        load_config(None, {f"STREAM_PROXY_SERVER_{setting.upper()}": value})
+
+
+def test_send_timeout_defaults_to_a_minute_and_may_be_turned_off() -> None:
+    assert load_config(None, {}).server.send_timeout == 60
+    assert load_config(None, {"STREAM_PROXY_SERVER_SEND_TIMEOUT": "0"}).server.send_timeout == 0

@@ -31,7 +31,7 @@ class ClientSocket:
             return None
         return cls(transport, os.dup(sock.fileno()))
 
-    async def writable(self) -> int:
+    async def writable(self, send_timeout: float | None) -> int:
         """The descriptor, once everything written through the transport (the status
         line, headers, multipart boundaries) is on the wire, so that bytes written to
         the descriptor follow them."""
@@ -41,7 +41,7 @@ class ClientSocket:
             if not self._transport.get_write_buffer_size():
                 return self._fd
             # The transport flushes on the same readiness: look again after it ran.
-            await wait_writable(self._fd)
+            await wait_writable(self._fd, send_timeout)
 
     def close(self) -> None:
         if self._fd >= 0:

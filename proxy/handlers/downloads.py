@@ -32,6 +32,7 @@ from proxy.http_ranges import (
     multipart_byteranges,
     parse_range,
 )
+from proxy.splice import ClientStalled
 from proxy.storage.base import (
     BodyRelay,
     FileBacked,
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 class DownloadSettings:
     cache_control: str
     max_ranges: int
+    send_timeout: float | None = None
 
 
 DOWNLOADS: web.AppKey[DownloadSettings] = web.AppKey("downloads", DownloadSettings)
@@ -147,7 +149,14 @@ async def answer(
 
     if not parts and not verified:
         raise Unverified
-    body = Body(storage, info, parts, closing, whole=isinstance(decision, WholeBody))
+    body = Body(
+        storage,
+        info,
+        parts,
+        closing,
+        whole=isinstance(decision, WholeBody),
+        send_timeout=settings.send_timeout,
+    )
     try:
         await body.open(request.transport)  # may still fail cleanly: nothing has been sent
         await send_body(request, response, body)
@@ -163,6 +172,11 @@ async def send_body(request: web.Request, response: web.StreamResponse, body: Bo
         await response.prepare(request)
         await body.send(request, response)
         await response.write_eof()
+    except ClientStalled as exc:
+        # Still connected, mid-body: only closing ends this response.
+        log.info("GET %s: %s, closing the connection", body.info.key, exc)
+        if request.transport is not None:
+            request.transport.abort()
     except ConnectionError:
         # Browsers cancel range requests they no longer need (every seek does): the
         # headers are out, so there is nothing to answer and nothing went wrong here.
@@ -189,12 +203,14 @@ class Body:
         closing: bytes,
         *,
         whole: bool,
+        send_timeout: float | None,
     ) -> None:
         self.storage = storage
         self.info = info
         self.parts = parts
         self.closing = closing
         self.whole = whole
+        self.send_timeout = send_timeout
         self._file: BinaryIO | None = None
         self._first: AsyncIterator[bytes] | None = None
         self._first_chunk = b""
@@ -247,7 +263,7 @@ class Body:
     async def send(self, request: web.Request, response: web.StreamResponse) -> None:
         for index, (header, byte_range) in enumerate(self.parts):
             if header:
-                await response.write(header)
+                await self._write(response, header)
             if self._file is not None:
                 await self._sendfile(request, response, self._file, byte_range)
             elif index == 0 and self._first_relay is not None:
@@ -255,12 +271,12 @@ class Body:
                 # Its connection now serves the next range (and with one allowed, must).
                 self._first_relay.close()
             elif index == 0 and self._first is not None:
-                await response.write(self._first_chunk)
-                await _copy(self._first, response)
+                await self._write(response, self._first_chunk)
+                await self._copy(self._first, response)
             else:
                 await self._stream(byte_range, response)
         if self.closing:
-            await response.write(self.closing)
+            await self._write(response, self.closing)
 
     async def _sendfile(
         self, request: web.Request, response: web.StreamResponse, fh: BinaryIO, byte_range: ByteRange
@@ -276,7 +292,8 @@ class Body:
 
     async def _relay(self, relay: BodyRelay) -> None:
         assert self._client is not None  # a relay is only opened with a client socket
-        await relay.send_to(await self._client.writable())
+        fd = await self._client.writable(self.send_timeout)
+        await relay.send_to(fd, send_timeout=self.send_timeout)
 
     async def _stream(self, byte_range: ByteRange, response: web.StreamResponse) -> None:
         relay = await self._open_relay(byte_range)
@@ -288,9 +305,16 @@ class Body:
             return
         chunks = self._read(byte_range)
         async with contextlib.aclosing(chunks):  # type: ignore[type-var]
-            await _copy(chunks, response)
+            await self._copy(chunks, response)
 
+    async def _copy(self, chunks: AsyncIterator[bytes], response: web.StreamResponse) -> None:
+        async for chunk in chunks:
+            await self._write(response, chunk)
 
-async def _copy(chunks: AsyncIterator[bytes], response: web.StreamResponse) -> None:
-    async for chunk in chunks:
-        await response.write(chunk)
+    async def _write(self, response: web.StreamResponse, data: bytes) -> None:
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                await response.write(data)
+        except TimeoutError:
+            assert self.send_timeout is not None
+            raise ClientStalled(self.send_timeout) from None

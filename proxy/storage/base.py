@@ -104,9 +104,10 @@ class FileBacked(Protocol):
 class BodyRelay(Protocol):
     """A read whose answer has arrived: its body waits on a connection of its own."""
 
-    async def send_to(self, fd: int) -> None:
+    async def send_to(self, fd: int, *, send_timeout: float | None) -> None:
         """Move the body to the non-blocking socket ``fd``: ConnectionError when ``fd``
-        fails, StorageError when the backend does."""
+        fails or takes no bytes for ``send_timeout`` seconds, StorageError when the
+        backend fails."""
         ...
 
     def close(self) -> None:

@@ -259,16 +259,17 @@ class OpenedRange:
         self._reusable = reusable
         self._done = False
 
-    async def send_to(self, fd: int) -> None:
+    async def send_to(self, fd: int, *, send_timeout: float | None) -> None:
         if self._sock is None or self._done:
             raise RuntimeError("the body was already sent or released")
-        await send_all(fd, self._leftover)
+        await send_all(fd, self._leftover, send_timeout=send_timeout)
         try:
             await splice_exactly(
                 self._sock.fileno(),
                 fd,
                 self._remaining,
                 read_timeout=self._relay.read_timeout,
+                send_timeout=send_timeout,
                 executor=self._relay.movers,
             )
         except SourceError as exc:

@@ -40,7 +40,7 @@ from proxy.app import create_app
 from proxy.config import Config, LocalConfig, ServerConfig, StorageConfig
 from proxy.storage.local import LocalStorage
 from proxy.storage.s3_relay import USER_AGENT
-from tests.conftest import Backend, MiB, S3Endpoint, backend_for, make_bucket, s3_config, wait_until
+from tests.conftest import Backend, MiB, S3Endpoint, S3View, backend_for, make_bucket, s3_config, wait_until
 from tests.net import TcpTap
 from tests.s3_interposer import S3Interposer
 
@@ -1405,3 +1405,63 @@ async def test_many_downloads_at_once(backend: Backend, proxy_client: Any) -> No
 @pytest.mark.real_s3
 async def test_many_downloads_at_once_real_s3(real_backend: Backend, proxy_client: Any) -> None:
     await check_many_downloads_at_once(real_backend, proxy_client)
+
+
+# -- a client that stops reading -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["relayed", "through-botocore"])
+async def test_a_client_that_takes_no_bytes_is_cut_off_after_the_send_timeout(
+    tmp_path: Path, moto_endpoint: S3Endpoint, moto_bucket: str, tls: bool
+) -> None:
+    # A paused video player stops reading but stays connected: the S3 connection (and
+    # the relay's thread) must not be held for it forever.
+    tap = TcpTap(moto_endpoint.url)
+    await tap.start()
+    s3 = s3_config(replace(moto_endpoint, url=tap.url), moto_bucket)
+    config = Config(ServerConfig(send_timeout=0.5), StorageConfig(backend="s3", s3=s3))
+    server = TestServer(create_app(config), host="127.0.0.1")
+    await server.start_server(ssl=self_signed_context(tmp_path) if tls else None)
+    client_tls: ssl.SSLContext | None = None
+    if tls:
+        client_tls = ssl.create_default_context()
+        client_tls.check_hostname = False
+        client_tls.verify_mode = ssl.CERT_NONE
+    view = S3View(moto_endpoint, moto_bucket)
+    data = object_bytes(BIG)
+    await asyncio.to_thread(view.client.put_object, Bucket=moto_bucket, Key="big.bin", Body=data)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=client_tls)
+        try:
+            writer.write(b"GET /files/big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            async with asyncio.timeout(TIMEOUT):
+                assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+                await reader.readexactly(MiB)
+                # Reading stops here. The server gives up on the client and on S3.
+                await wait_until(
+                    lambda: bool(gets_of(tap)) and not any(c.open for c in gets_of(tap)), TIMEOUT
+                )
+                received = MiB
+                with contextlib.suppress(ConnectionError, ssl.SSLError):
+                    while chunk := await reader.read(MiB):
+                        received += len(chunk)
+            assert received < BIG  # the connection ended before the body did
+        finally:
+            writer.transport.abort()
+        relayed = [USER_AGENT.encode() in c.sent for c in gets_of(tap)]
+        assert relayed == [not tls]
+        # Still serving, the relay's slot and thread free again.
+        url = f"{'https' if tls else 'http'}://127.0.0.1:{server.port}/files/big.bin"
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False)) as session,
+            asyncio.timeout(TIMEOUT),
+            session.get(url, headers={"Range": "bytes=-10"}) as response,
+        ):
+            assert response.status == 206 and await response.read() == data[-10:]
+    finally:
+        await server.close()
+        await tap.close()
+
+
+def gets_of(tap: TcpTap) -> list[Any]:
+    return [c for c in tap.connections if re.search(rb"GET /[^ ]*/big\.bin HTTP/1\.1", c.sent)]

@@ -85,7 +85,7 @@ async def relayed(relay: BodyRelay | None, length: int) -> bytes:
         reading = asyncio.ensure_future(receive(client, length))
         try:
             async with asyncio.timeout(TIMEOUT):
-                await relay.send_to(ours.fileno())
+                await relay.send_to(ours.fileno(), send_timeout=None)
                 return await reading
         finally:
             relay.close()
