@@ -82,15 +82,28 @@ def reset(sock: socket.socket) -> None:
     sock.close()
 
 
-async def test_destination_gone_is_a_connection_error(movers: ThreadPoolExecutor) -> None:
+def start_relaying(
+    upstream: socket.socket,
+    src: socket.socket,
+    dst: socket.socket,
+    movers: ThreadPoolExecutor,
+    *,
+    send_timeout: float | None = None,
+) -> tuple[asyncio.Future[None], asyncio.Future[None]]:
+    """64 MiB sent into ``upstream`` and spliced from ``src`` to ``dst``: the two tasks."""
     loop = asyncio.get_running_loop()
-    async with tcp_pair() as (upstream, src), tcp_pair() as (dst, client):
-        writing = asyncio.ensure_future(loop.sock_sendall(upstream, pattern(64 * MiB)))
-        splicing = asyncio.ensure_future(
-            splice_exactly(
-                src.fileno(), dst.fileno(), 64 * MiB, read_timeout=5, send_timeout=None, executor=movers
-            )
+    writing = asyncio.ensure_future(loop.sock_sendall(upstream, pattern(64 * MiB)))
+    splicing = asyncio.ensure_future(
+        splice_exactly(
+            src.fileno(), dst.fileno(), 64 * MiB, read_timeout=60, send_timeout=send_timeout, executor=movers
         )
+    )
+    return writing, splicing
+
+
+async def test_destination_gone_is_a_connection_error(movers: ThreadPoolExecutor) -> None:
+    async with tcp_pair() as (upstream, src), tcp_pair() as (dst, client):
+        writing, splicing = start_relaying(upstream, src, dst, movers)
         async with asyncio.timeout(TIMEOUT):
             await receive(client, MiB)
             reset(client)
@@ -139,12 +152,7 @@ async def test_cancelled_while_waiting_for_the_source_lets_go_of_both(movers: Th
 async def test_cancelled_while_the_client_stalls_lets_go_of_both(movers: ThreadPoolExecutor) -> None:
     loop = asyncio.get_running_loop()
     async with tcp_pair() as (upstream, src), tcp_pair() as (dst, _):
-        writing = asyncio.ensure_future(loop.sock_sendall(upstream, pattern(64 * MiB)))
-        splicing = asyncio.ensure_future(
-            splice_exactly(
-                src.fileno(), dst.fileno(), 64 * MiB, read_timeout=60, send_timeout=None, executor=movers
-            )
-        )
+        writing, splicing = start_relaying(upstream, src, dst, movers)
         await asyncio.sleep(0.2)  # the client reads nothing: the thread waits to write
         assert not splicing.done()
         splicing.cancel()
@@ -158,15 +166,13 @@ async def test_cancelled_while_the_client_stalls_lets_go_of_both(movers: ThreadP
 async def test_a_client_that_takes_nothing_for_the_send_timeout_is_stalled(
     movers: ThreadPoolExecutor,
 ) -> None:
-    loop = asyncio.get_running_loop()
     async with tcp_pair() as (upstream, src), tcp_pair() as (dst, _):
-        writing = asyncio.ensure_future(loop.sock_sendall(upstream, pattern(64 * MiB)))
+        writing, splicing = start_relaying(upstream, src, dst, movers, send_timeout=0.3)
         async with asyncio.timeout(TIMEOUT):
             with pytest.raises(ClientStalled, match=r"no bytes for 0\.3 s"):
-                await splice_exactly(
-                    src.fileno(), dst.fileno(), 64 * MiB, read_timeout=60, send_timeout=0.3, executor=movers
-                )
-            assert await loop.run_in_executor(movers, threading.get_ident)  # the thread is free
+                await splicing
+            # The thread is free.
+            assert await asyncio.get_running_loop().run_in_executor(movers, threading.get_ident)
         writing.cancel()
 
 
