@@ -312,6 +312,8 @@ class Body:
             await self._write(response, chunk)
 
     async def _write(self, response: web.StreamResponse, data: bytes) -> None:
+        # Timed per write of at most one read chunk (256 KiB from S3): a client still
+        # taking bytes, but slower than a chunk per send_timeout, is cut off too.
         try:
             async with asyncio.timeout(self.send_timeout):
                 await response.write(data)
