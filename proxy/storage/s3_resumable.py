@@ -518,7 +518,7 @@ class S3ResumableStore:
                     etag, size = await target.complete(layout.upload_id, etags)
                     etag = await target.attach_sha256(etag, size, sha256)
                 except UpstreamError:
-                    published = await self._published_before(target, state, layout, sha256)
+                    published = await self._published_before(target, state, layout, tail, sha256)
                     if published is None:
                         raise
                     etag = published
@@ -539,13 +539,14 @@ class S3ResumableStore:
         )
 
     async def _published_before(
-        self, target: UploadTarget, state: UploadState, layout: _Layout, sha256: str
+        self, target: UploadTarget, state: UploadState, layout: _Layout, tail: bytearray, sha256: str
     ) -> str | None:
         """The object's ETag if an earlier finish of this upload already completed it
         and then stopped before saving done (a crash, a lost answer): that multipart
         upload is gone, so this finish fails. The object is known by the sha256 the
         earlier finish attached, or before that by the multipart ETag its parts make
-        (the MD5 of their MD5s, as S3 computes it), and the work is taken up there."""
+        (the MD5 of their MD5s, as S3 computes it; ``tail``, read by this finish, was
+        the last part), and the work is taken up there."""
         try:
             info = await self._storage.stat(state.key)
         except ObjectNotFound:
@@ -558,9 +559,7 @@ class S3ResumableStore:
             md5s = [bytes.fromhex(etag.strip('"')) for _, etag, _ in layout.parts]
         except ValueError:
             return None  # not MD5 ETags (e.g. SSE-KMS): nothing to compare
-        if layout.tail is not None:
-            tail = bytearray()
-            await self._read_tail(state, layout, tail)
+        if tail:
             md5s.append(await asyncio.to_thread(_md5, tail))
         if info.etag != f'"{_md5(b"".join(md5s)).hex()}-{len(md5s)}"':
             return None
