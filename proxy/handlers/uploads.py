@@ -111,10 +111,6 @@ def _check_size(length: int, settings: TusSettings) -> None:
         raise ApiError(413, "too_large", f"the upload is larger than the limit of {settings.max_size} bytes")
 
 
-def _has_body(request: web.Request) -> bool:
-    return request.body_exists
-
-
 async def options(request: web.Request) -> web.Response:
     settings = request.app[TUS]
     headers = {
@@ -136,7 +132,7 @@ async def create(request: web.Request) -> web.Response:
         raise TusHeaderError("send either Upload-Length or Upload-Defer-Length: 1")
     if length is not None:
         _check_size(length, settings)
-    _check_content_type(request)
+    _check_content_type(request, required=False)
     raw_metadata = request.headers.get("Upload-Metadata", "")
     metadata = parse_metadata(raw_metadata)
     upload_id = uuid4().hex
@@ -153,15 +149,16 @@ async def create(request: web.Request) -> web.Response:
             expires=now + settings.expiration,
         )
     )
-    if _has_body(request) or state.complete:
+    if request.body_exists or state.complete:
         # creation-with-upload; an empty upload is complete at once.
         state = await _write(request, upload_id, offset=0)
     headers = {"Location": upload_location(BASE, upload_id), **_state_headers(state)}
     return web.Response(status=201, headers=headers)
 
 
-def _check_content_type(request: web.Request) -> None:
-    if request.content_type != OFFSET_CONTENT_TYPE and _has_body(request):
+def _check_content_type(request: web.Request, *, required: bool) -> None:
+    """A body must be sent as OFFSET_CONTENT_TYPE; PATCH must say so even without one."""
+    if request.content_type != OFFSET_CONTENT_TYPE and (required or request.body_exists):
         raise ApiError(415, "unsupported_media_type", f"the body needs Content-Type: {OFFSET_CONTENT_TYPE}")
 
 
@@ -180,8 +177,7 @@ async def head(request: web.Request) -> web.Response:
 
 async def patch(request: web.Request) -> web.Response:
     upload_id = _upload_id(request)
-    if request.content_type != OFFSET_CONTENT_TYPE:
-        raise ApiError(415, "unsupported_media_type", f"PATCH needs Content-Type: {OFFSET_CONTENT_TYPE}")
+    _check_content_type(request, required=True)
     offset = parse_uint(request.headers.get("Upload-Offset"), "Upload-Offset")
     if offset is None:
         raise TusHeaderError("PATCH needs Upload-Offset")
@@ -218,7 +214,7 @@ async def _write(request: web.Request, upload_id: str, *, offset: int) -> Upload
         state = replace(state, expires=time.time() + settings.expiration)
         if state.done:
             return state
-        if _has_body(request):
+        if request.body_exists:
             body = UploadBody(
                 request_chunks(request),
                 state=state,
