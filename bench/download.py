@@ -16,7 +16,7 @@ from urllib.parse import quote
 import aiohttp
 
 from bench.settings import BenchError, MiB
-from proxy.storage.s3 import READ_CHUNK
+from proxy.storage.s3.objects import READ_CHUNK
 
 RANGE_SIZE = 1 * MiB
 

@@ -52,7 +52,7 @@ from bench.upload import (
     timed,
 )
 from proxy.config import ByteSize, S3Config
-from proxy.storage.s3 import READ_CHUNK
+from proxy.storage.s3.objects import READ_CHUNK
 
 THROUGHPUT_MIN_RATIO = 0.9
 # Range requests: the proxy's median may exceed the reference's by this much.

@@ -24,7 +24,7 @@ import aioboto3
 
 from bench.settings import BenchError, Settings
 from proxy.config import S3Config
-from proxy.storage.s3 import boto_config
+from proxy.storage.s3.objects import boto_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_S3 = REPO.parent / "shared" / "s3"

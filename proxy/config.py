@@ -20,7 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from proxy.tus_protocol import validate_key_template
+from proxy.rules.tus import validate_key_template
 
 ENV_PREFIX = "STREAM_PROXY_"
 MiB = 1024 * 1024

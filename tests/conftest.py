@@ -30,10 +30,11 @@ from moto.server import ThreadedMotoServer
 
 from proxy.app import create_app
 from proxy.config import Config, LocalConfig, S3Config, ServerConfig, StorageConfig
-from proxy.keys import INTERNAL_PREFIX
-from proxy.storage.local import INTERNAL_DIR, LocalStorage
+from proxy.rules.keys import INTERNAL_PREFIX
+from proxy.storage import layout
+from proxy.storage.local.objects import LocalStorage
 from proxy.storage.resumable import UploadState
-from proxy.storage.s3 import S3Storage
+from proxy.storage.s3.objects import S3Storage
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 SHARED_S3 = Path(__file__).resolve().parents[1].parent / "shared" / "s3"
@@ -166,7 +167,7 @@ class LocalView(StoreView):
         return (self.root / key).read_bytes()
 
     def keys(self) -> list[str]:
-        internal = self.root / INTERNAL_DIR
+        internal = self.root / layout.INTERNAL
         return sorted(
             str(p.relative_to(self.root))
             for p in self.root.rglob("*")
@@ -175,7 +176,7 @@ class LocalView(StoreView):
 
     def leftovers(self) -> list[str]:
         """Temporary files by name, and resumable upload directories as ``upload <id>``."""
-        tmp, uploads = self.root / INTERNAL_DIR / "tmp", self.root / INTERNAL_DIR / "uploads"
+        tmp, uploads = self.root / layout.TMP, self.root / layout.UPLOADS
         found = [p.name for p in tmp.iterdir()] if tmp.exists() else []
         found += [f"upload {p.name}" for p in uploads.iterdir()] if uploads.exists() else []
         return sorted(found)
@@ -183,7 +184,7 @@ class LocalView(StoreView):
     def metadata(self, key: str) -> dict[str, Any]:
         import json
 
-        meta: dict[str, Any] = json.loads((self.root / INTERNAL_DIR / "meta" / f"{key}.json").read_text())
+        meta: dict[str, Any] = json.loads((self.root / layout.meta_key(key)).read_text())
         return meta
 
 

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from proxy.http_conditions import (
+from proxy.rules.conditions import (
     EntityTag,
     evaluate_preconditions,
     format_http_date,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from proxy.http_ranges import (
+from proxy.rules.ranges import (
     DEFAULT_MAX_RANGES,
     MAX_HEADER_LENGTH,
     ByteRange,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.http_response_head import MAX_HEAD_BYTES, MalformedHead, ResponseHead, parse_head, split_head
+from proxy.rules.response_head import MAX_HEAD_BYTES, MalformedHead, ResponseHead, parse_head, split_head
 
 RGW_206 = (
     b"HTTP/1.1 206 Partial Content\r\nContent-Length: 4\r\nContent-Range: bytes 2-5/10\r\n"

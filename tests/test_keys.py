@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from proxy.keys import MAX_KEY_BYTES, InvalidKey, sanitize_filename, validate_key, validate_prefix
+from proxy.rules.keys import MAX_KEY_BYTES, InvalidKey, sanitize_filename, validate_key, validate_prefix
 
 ROOT = PurePosixPath("/srv/stream-proxy/data")
 

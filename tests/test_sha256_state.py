@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.sha256_state import _CTX_SIZE, _MD_LEN_OFFSET, ResumableSha256, _lib
+from proxy.streaming.sha256_state import _CTX_SIZE, _MD_LEN_OFFSET, ResumableSha256, _lib
 
 Chunk = bytes | bytearray | memoryview
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()

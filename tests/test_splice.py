@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from proxy.splice import ClientStalled, SourceError, send_all, splice_exactly, wait_writable
+from proxy.streaming.splice import ClientStalled, SourceError, send_all, splice_exactly, wait_writable
 from tests.net import receive, tcp_pair
 
 MiB = 1024 * 1024

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.streams import BodyTooLarge, HashingReader, limited
+from proxy.streaming.bodies import BodyTooLarge, HashingReader, limited
 
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 

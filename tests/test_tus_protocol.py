@@ -15,8 +15,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from proxy.keys import INTERNAL_PREFIX, MAX_KEY_BYTES, InvalidKey, validate_key
-from proxy.tus_protocol import (
+from proxy.rules.keys import INTERNAL_PREFIX, MAX_KEY_BYTES, InvalidKey, validate_key
+from proxy.rules.tus import (
     CHECKSUM_ALGORITHMS,
     EXTENSIONS,
     SUPPORTED_VERSIONS,

@@ -18,10 +18,10 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
-from proxy.sha256_state import ResumableSha256
+from proxy.rules.tus import Checksum
 from proxy.storage.base import ObjectInfo, StorageError
-from proxy.streams import BodyTooLarge
-from proxy.tus_protocol import Checksum
+from proxy.streaming.bodies import BodyTooLarge
+from proxy.streaming.sha256_state import ResumableSha256
 
 # Upload ids are uuid4().hex: checked before any id is used as a path or key.
 UPLOAD_ID = re.compile(r"[0-9a-f]{32}")

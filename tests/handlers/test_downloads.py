@@ -38,8 +38,10 @@ from multidict import CIMultiDict
 
 from proxy.app import create_app
 from proxy.config import Config, LocalConfig, ServerConfig, StorageConfig
-from proxy.storage.local import LocalStorage
-from proxy.storage.s3_relay import USER_AGENT
+from proxy.storage import backend as storage_backend
+from proxy.storage.local.objects import LocalStorage
+from proxy.storage.local.resumable import LocalResumableStore
+from proxy.storage.s3.relay import USER_AGENT
 from tests.conftest import Backend, MiB, S3Endpoint, S3View, backend_for, make_bucket, s3_config, wait_until
 from tests.net import TcpTap
 from tests.s3_interposer import S3Interposer
@@ -1140,7 +1142,7 @@ class ReplacedBeforeRead(LocalStorage):
 
     async def open_file(self, key: str, *, etag: str) -> BinaryIO:
         if self.armed:
-            path = self.path_for(key)
+            path = self.paths.object(key)
             copy = path.with_name(path.name + ".replacement")
             shutil.copyfile(path, copy)
             os.replace(copy, path)
@@ -1153,7 +1155,8 @@ async def test_local_object_replaced_before_read_is_not_served_as_complete(
 ) -> None:
     storage = ReplacedBeforeRead(tmp_path / "data")
     config = Config(ServerConfig(), StorageConfig(backend="local", local=LocalConfig(tmp_path / "data")))
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(config, storage), host="127.0.0.1"))
+    backend = storage_backend.Backend(storage, LocalResumableStore(storage))
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(config, backend), host="127.0.0.1"))
     await client.start_server()
     try:
         data = object_bytes(N)

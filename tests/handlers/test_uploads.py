@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from proxy.config import Config, ServerConfig
-from proxy.handlers.uploads import UPLOADS
-from proxy.upload_expiry import sweep
+from proxy.storage.expiry import sweep
+from proxy.web.settings import UPLOADS
 from tests.conftest import Backend, MiB, wait_until
 
 TUS = {"Tus-Resumable": "1.0.0"}

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.storage.budget import MemoryBudget
+from proxy.streaming.budget import MemoryBudget
 
 TIMEOUT = 2
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from proxy.storage.cleanup import Cleanups
+from proxy.streaming.cleanups import Cleanups
 
 
 async def test_cleanup_finishes_after_caller_is_cancelled_and_drain_waits() -> None:

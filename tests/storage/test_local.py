@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy.keys import InvalidKey
+from proxy.rules.keys import InvalidKey
+from proxy.storage import layout
 from proxy.storage.base import KeyConflict, ObjectNotFound
-from proxy.storage.local import INTERNAL_DIR, LocalStorage
+from proxy.storage.local.objects import LocalStorage
 from tests.conftest import agen
 
 
@@ -35,12 +36,12 @@ async def test_object_appears_only_when_complete(storage: LocalStorage) -> None:
     task = asyncio.create_task(storage.write("v/clip.mp4", slow_body(), content_type="video/mp4"))
     await asyncio.sleep(0.2)
     assert not (storage.root / "v" / "clip.mp4").exists()
-    assert len(list((storage.root / INTERNAL_DIR / "tmp").iterdir())) == 1
+    assert len(list((storage.root / layout.TMP).iterdir())) == 1
     gate.set()
     info = await task
     assert info.size == 3_000_010
     assert (storage.root / "v" / "clip.mp4").stat().st_size == 3_000_010
-    assert list((storage.root / INTERNAL_DIR / "tmp").iterdir()) == []
+    assert list((storage.root / layout.TMP).iterdir()) == []
 
 
 async def test_symlink_out_of_root_is_refused(storage: LocalStorage, tmp_path: Path) -> None:
@@ -56,7 +57,7 @@ async def test_symlink_out_of_root_is_refused(storage: LocalStorage, tmp_path: P
 
 async def test_internal_directory_is_reserved(storage: LocalStorage) -> None:
     with pytest.raises(InvalidKey):
-        await storage.write(f"{INTERNAL_DIR}/tmp/x", agen([b"x"]), content_type=None)
+        await storage.write(f"{layout.TMP}x", agen([b"x"]), content_type=None)
 
 
 async def test_file_and_directory_conflicts(storage: LocalStorage) -> None:
@@ -67,7 +68,7 @@ async def test_file_and_directory_conflicts(storage: LocalStorage) -> None:
     with pytest.raises(KeyConflict):
         await storage.write("d", agen([b"4"]), content_type=None)
     assert (storage.root / "a").read_bytes() == b"1"
-    assert list((storage.root / INTERNAL_DIR / "tmp").iterdir()) == []
+    assert list((storage.root / layout.TMP).iterdir()) == []
 
 
 async def test_metadata_of_a_replaced_file_is_ignored(storage: LocalStorage) -> None:
@@ -110,7 +111,7 @@ async def test_read_with_stale_etag_fails(storage: LocalStorage) -> None:
 
 
 async def test_start_removes_only_stale_temporary_files(tmp_path: Path) -> None:
-    tmp_dir = tmp_path / "root" / INTERNAL_DIR / "tmp"
+    tmp_dir = tmp_path / "root" / layout.TMP
     tmp_dir.mkdir(parents=True)
     stale, fresh = tmp_dir / "old.part", tmp_dir / "new.part"
     stale.write_bytes(b"x")

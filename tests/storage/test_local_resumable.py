@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from proxy.sha256_state import ResumableSha256
+from proxy.rules.tus import Checksum
+from proxy.storage import layout
 from proxy.storage.base import KeyConflict
-from proxy.storage.local import INTERNAL_DIR, LocalStorage
-from proxy.storage.local_resumable import LocalResumableStore
+from proxy.storage.local.objects import LocalStorage
+from proxy.storage.local.resumable import LocalResumableStore
 from proxy.storage.resumable import (
     ChecksumMismatch,
     ResumableStore,
@@ -29,8 +30,8 @@ from proxy.storage.resumable import (
     UploadNotFound,
     UploadState,
 )
-from proxy.streams import BodyTooLarge
-from proxy.tus_protocol import Checksum
+from proxy.streaming.bodies import BodyTooLarge
+from proxy.streaming.sha256_state import ResumableSha256
 from tests.conftest import LocalView, MiB, agen, new_upload_state
 
 # Sizes that fill no block evenly, around the 1 MiB write block.
@@ -89,7 +90,7 @@ async def cut_off(chunks: list[bytes], error: BaseException) -> AsyncIterator[by
 
 
 def upload_dir(root: Path, upload_id: str) -> Path:
-    return root / INTERNAL_DIR / "uploads" / upload_id
+    return root / layout.UPLOADS / upload_id
 
 
 def data_of(root: Path, upload_id: str) -> bytes:
@@ -406,7 +407,7 @@ async def test_key_conflict_on_finish_leaves_the_upload_to_finish_later(
 
 async def test_what_a_crash_while_creating_or_removing_leaves_is_cleared(root: Path) -> None:
     async with opened(root) as store:
-        tmp = root / INTERNAL_DIR / "tmp"
+        tmp = root / layout.TMP
         for name in ("half-built.upload", "half-removed.removed"):
             (tmp / name).mkdir()
             (tmp / name / "data").write_bytes(b"x")

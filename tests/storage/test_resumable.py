@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.sha256_state import ResumableSha256
+from proxy.rules.tus import Checksum
 from proxy.storage.base import StorageError
 from proxy.storage.resumable import (
     ChecksumMismatch,
@@ -23,8 +23,8 @@ from proxy.storage.resumable import (
     UploadNotFound,
     UploadState,
 )
-from proxy.streams import BodyTooLarge
-from proxy.tus_protocol import Checksum
+from proxy.streaming.bodies import BodyTooLarge
+from proxy.streaming.sha256_state import ResumableSha256
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 

@@ -19,8 +19,8 @@ from aiohttp.test_utils import TestServer
 from botocore.exceptions import CredentialRetrievalError
 
 from proxy.storage.base import BodyRelay, ObjectNotFound
-from proxy.storage.s3 import S3Storage
-from proxy.storage.s3_relay import USER_AGENT, S3Relay
+from proxy.storage.s3.objects import S3Storage
+from proxy.storage.s3.relay import USER_AGENT, S3Relay
 from tests.conftest import MiB, S3Endpoint, S3View, make_bucket, s3_config, wait_until
 from tests.net import TcpTap, receive, tcp_pair
 from tests.s3_interposer import S3Interposer

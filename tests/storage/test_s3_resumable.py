@@ -20,14 +20,16 @@ from aiohttp.test_utils import TestServer
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from proxy.sha256_state import ResumableSha256
+from proxy.rules.tus import Checksum
+from proxy.storage import layout
 from proxy.storage.base import UpstreamError
-from proxy.storage.part_sizing import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 from proxy.storage.resumable import ChecksumMismatch, UploadBody, UploadLocked, UploadNotFound, UploadState
-from proxy.storage.s3 import S3Storage
-from proxy.storage.s3_resumable import UPLOADS_PREFIX, S3ResumableStore, leftover_is_part, part_target
-from proxy.streams import BodyTooLarge
-from proxy.tus_protocol import Checksum
+from proxy.storage.s3.limits import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
+from proxy.storage.s3.objects import S3Storage
+from proxy.storage.s3.resumable.plan import leftover_is_part, part_target
+from proxy.storage.s3.resumable.store import S3ResumableStore
+from proxy.streaming.bodies import BodyTooLarge
+from proxy.streaming.sha256_state import ResumableSha256
 from tests.conftest import MiB, S3Endpoint, S3View, new_upload_state, s3_config
 from tests.s3_interposer import S3Interposer
 
@@ -52,7 +54,7 @@ async def agen(it: Iterator[bytes]) -> AsyncIterator[bytes]:
 
 
 def state_key(upload_id: str) -> str:
-    return f"{UPLOADS_PREFIX}{upload_id}/state.json"
+    return f"{layout.UPLOADS}{upload_id}/state.json"
 
 
 async def append(store: S3ResumableStore, upload_id: str, data: bytes) -> UploadState:
@@ -380,7 +382,7 @@ async def test_a_lost_lease_fails_the_append_without_saving(
     assert current.offset == taken_over.offset == 100
     assert "lease" not in current.backend  # released by the new holder, not overwritten
     assert [k for k in view.internal_keys() if "/tail-" in k] == [
-        f"{UPLOADS_PREFIX}{state.id}/tail-{current.backend['tail']}"
+        f"{layout.UPLOADS}{state.id}/tail-{current.backend['tail']}"
     ]
     layer.fault = None
     await append(other, state.id, data[100:])
@@ -494,7 +496,7 @@ async def test_terminate_leaves_nothing(
     state = await store.create(new_upload_state(3 * PART))
     await append(store, state.id, payload(PART + 10))
     # A tail written by an append whose process died before saving it.
-    orphan = f"{UPLOADS_PREFIX}{state.id}/tail-orphan"
+    orphan = f"{layout.UPLOADS}{state.id}/tail-orphan"
     view.client.put_object(Bucket=view.bucket, Key=orphan, Body=b"lost")
     assert len(view.leftovers()) == 2  # the multipart upload, and the upload's objects
     assert orphan in view.internal_keys()

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from proxy.storage.base import UpstreamError
-from proxy.storage.s3 import S3Storage
+from proxy.storage.s3.objects import S3Storage
 from tests.conftest import MiB, S3Endpoint, S3View, s3_config
 from tests.s3_interposer import S3Interposer
 

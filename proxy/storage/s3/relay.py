@@ -23,9 +23,9 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.exceptions import BotoCoreError
 
-from proxy.http_response_head import MalformedHead, ResponseHead, parse_head, split_head
-from proxy.splice import SourceError, send_all, splice_exactly
+from proxy.rules.response_head import MalformedHead, ResponseHead, parse_head, split_head
 from proxy.storage.base import ObjectNotFound, UpstreamError
+from proxy.streaming.splice import SourceError, send_all, splice_exactly
 
 RECV_BYTES = 16 * 1024
 # Tells these requests apart from botocore's in the server's logs.

@@ -1,6 +1,6 @@
 """Resumable uploads kept by the local directory backend, beside its objects.
 
-Each upload is a directory ``root/.stream-proxy/uploads/<id>/`` holding
+Each upload is a directory (storage.layout's ``uploads/<id>/``) holding
 ``state.json`` (the UploadState, replaced atomically and synced), ``data`` (the
 bytes so far) and ``lock``. An upload is built in the backend's ``tmp/`` and renamed
 into ``uploads/``, and terminating renames it back out before removing it, so no
@@ -39,23 +39,23 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from proxy.sha256_state import ResumableSha256
 from proxy.storage.base import ObjectInfo
-from proxy.storage.cleanup import Cleanups
-from proxy.storage.local import INTERNAL_DIR, BlockWriter, LocalStorage, fsync_dir, write_synced
+from proxy.storage.layout import UPLOAD_DATA, UPLOAD_LOCK, UPLOAD_STATE
+from proxy.storage.local.files import BlockWriter, fsync_dir, write_synced
+from proxy.storage.local.objects import LocalStorage
 from proxy.storage.resumable import UPLOAD_ID, UploadBody, UploadLocked, UploadNotFound, UploadState
+from proxy.streaming.cleanups import Cleanups
+from proxy.streaming.sha256_state import ResumableSha256
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-STATE = "state.json"
-DATA = "data"
-LOCK = "lock"
 
 
 class LocalResumableStore:
     def __init__(self, storage: LocalStorage) -> None:
         self._storage = storage
-        self._uploads = storage.root / INTERNAL_DIR / "uploads"
+        self._paths = storage.paths
+        self._uploads = storage.paths.uploads
         self._cleanups = Cleanups()
         # Work on a held upload that a cancelled caller left running: the lock is
         # released only when it ends.
@@ -68,10 +68,7 @@ class LocalResumableStore:
         await self._cleanups.drain()
 
     def _dir(self, upload_id: str) -> Path:
-        # The handler checks ids too; a path is never built from one that is unchecked.
-        if not UPLOAD_ID.fullmatch(upload_id):
-            raise ValueError(f"not an upload id: {upload_id!r}")
-        return self._uploads / upload_id
+        return self._paths.upload(upload_id)
 
     # -- state ---------------------------------------------------------------
 
@@ -80,14 +77,14 @@ class LocalResumableStore:
 
     def _create(self, state: UploadState) -> UploadState:
         target = self._dir(state.id)
-        build = self._storage.temp_path(".upload")
+        build = self._paths.temp(".upload")
         build.mkdir()
         try:
-            for name in (DATA, LOCK):
+            for name in (UPLOAD_DATA, UPLOAD_LOCK):
                 (build / name).touch(exist_ok=False)
             # Finishing renames the data file onto the key: its inode tells, after a
             # crash, whether the object there is this upload.
-            state = replace(state, backend={**state.backend, "data_ino": os.stat(build / DATA).st_ino})
+            state = replace(state, backend={**state.backend, "data_ino": os.stat(build / UPLOAD_DATA).st_ino})
             _write_state(build, state)
             os.rename(build, target)
         except BaseException:
@@ -101,7 +98,7 @@ class LocalResumableStore:
 
     def _read_state(self, upload_id: str) -> UploadState:
         try:
-            return UploadState.from_json((self._dir(upload_id) / STATE).read_bytes())
+            return UploadState.from_json((self._dir(upload_id) / UPLOAD_STATE).read_bytes())
         except FileNotFoundError:
             raise UploadNotFound(upload_id) from None
 
@@ -123,7 +120,7 @@ class LocalResumableStore:
 
     @contextlib.asynccontextmanager
     async def lock(self, upload_id: str) -> AsyncIterator[UploadState]:
-        fd = await _acquire(self._dir(upload_id) / LOCK, upload_id)
+        fd = await _acquire(self._dir(upload_id) / UPLOAD_LOCK, upload_id)
         try:
             # Read under the lock: the state may have changed since any earlier look.
             yield await self.get(upload_id)
@@ -160,7 +157,7 @@ class LocalResumableStore:
         return await self._to_the_end(state.id, asyncio.to_thread(self._conclude, fh, body.advanced(state)))
 
     def _open_data(self, state: UploadState) -> BinaryIO:
-        fh = open(self._dir(state.id) / DATA, "r+b")  # noqa: SIM115 - append closes it
+        fh = open(self._dir(state.id) / UPLOAD_DATA, "r+b")  # noqa: SIM115 - append closes it
         # At the offset, not the end: a writer that died may have left bytes past it.
         fh.seek(state.offset)
         return fh
@@ -200,7 +197,7 @@ class LocalResumableStore:
         return await self._to_the_end(state.id, asyncio.to_thread(self._finish, state))
 
     def _finish(self, state: UploadState) -> ObjectInfo:
-        data = self._dir(state.id) / DATA
+        data = self._dir(state.id) / UPLOAD_DATA
         meta = {"content_type": state.content_type, "sha256": ResumableSha256(state.sha256).hexdigest()}
         if not data.exists() and self._published(state):
             # A process died after the rename and before saving done: finish its work.
@@ -216,7 +213,7 @@ class LocalResumableStore:
     def _published(self, state: UploadState) -> bool:
         ino = state.backend.get("data_ino")
         try:
-            return ino is not None and self._storage.path_for(state.key).stat().st_ino == ino
+            return ino is not None and self._paths.object(state.key).stat().st_ino == ino
         except (FileNotFoundError, NotADirectoryError):
             return False
 
@@ -226,16 +223,16 @@ class LocalResumableStore:
     def _terminate(self, upload_id: str) -> None:
         # Out of uploads/ in one rename; if the process dies before the removal,
         # LocalStorage.start() clears the stale temporary directory.
-        doomed = self._storage.temp_path(".removed")
+        doomed = self._paths.temp(".removed")
         os.rename(self._dir(upload_id), doomed)
         fsync_dir(self._uploads)
         shutil.rmtree(doomed)
 
 
 def _write_state(directory: Path, state: UploadState) -> None:
-    staged = directory / (STATE + ".new")
+    staged = directory / (UPLOAD_STATE + ".new")
     write_synced(staged, state.to_json())
-    os.replace(staged, directory / STATE)
+    os.replace(staged, directory / UPLOAD_STATE)
     fsync_dir(directory)
 
 

@@ -1,6 +1,6 @@
 """Resumable uploads at /uploads/: the tus 1.0.0 protocol over a ResumableStore.
 
-Header rules are pure functions in proxy.tus_protocol; bytes, state and locking are
+Header rules are pure functions in proxy.rules.tus; bytes, state and locking are
 the store's. This module decides statuses and headers, and nothing here keeps an
 upload's state between requests: any process sharing the backend can answer.
 """
@@ -9,24 +9,16 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from urllib.parse import quote
 from uuid import uuid4
 
 from aiohttp import web
 
-from proxy.errors import ApiError, Handler, to_api_error
-from proxy.handlers.files import content_type_for, request_chunks
-from proxy.http_conditions import format_http_date
-from proxy.storage.resumable import (
-    UPLOAD_ID,
-    ResumableStore,
-    UploadBody,
-    UploadNotFound,
-    UploadState,
-)
-from proxy.tus_protocol import (
+from proxy.rules.conditions import format_http_date
+from proxy.rules.content_types import content_type_for
+from proxy.rules.tus import (
     CHECKSUM_ALGORITHMS,
     EXTENSIONS,
     OFFSET_CONTENT_TYPE,
@@ -41,19 +33,12 @@ from proxy.tus_protocol import (
     parse_uint,
     upload_location,
 )
+from proxy.storage.resumable import UPLOAD_ID, UploadBody, UploadNotFound, UploadState
+from proxy.web.errors import ApiError, Handler, to_api_error
+from proxy.web.requests import request_chunks
+from proxy.web.settings import TUS, UPLOADS, TusSettings
 
 BASE = "/uploads"
-
-
-@dataclass(frozen=True)
-class TusSettings:
-    key_template: str
-    expiration: float
-    max_size: int  # 0: no limit of our own
-
-
-UPLOADS: web.AppKey[ResumableStore] = web.AppKey("uploads", ResumableStore)
-TUS: web.AppKey[TusSettings] = web.AppKey("tus", TusSettings)
 
 
 def tus_endpoint(handler: Handler) -> Handler:
@@ -245,15 +230,3 @@ async def method_override(request: web.Request) -> web.StreamResponse:
     if override not in handlers:
         raise ApiError(405, "method_not_allowed", "POST to an upload needs X-HTTP-Method-Override")
     return await handlers[override](request)
-
-
-def add_routes(app: web.Application) -> None:
-    upload = BASE + "/{upload_id}"
-    for path in (BASE, BASE + "/"):
-        app.router.add_route("OPTIONS", path, tus_endpoint(options))
-        app.router.add_post(path, tus_endpoint(create))
-    app.router.add_route("OPTIONS", upload, tus_endpoint(options))
-    app.router.add_head(upload, tus_endpoint(head))
-    app.router.add_patch(upload, tus_endpoint(patch))
-    app.router.add_delete(upload, tus_endpoint(terminate))
-    app.router.add_post(upload, tus_endpoint(method_override))

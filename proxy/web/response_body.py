@@ -1,168 +1,23 @@
-"""GET and HEAD /files/{key}: objects with HTTP Range and conditional requests.
-
-The protocol decisions are pure functions (http_conditions, http_ranges); this module
-only gathers what they need and writes the answer. Every range becomes one read from
-the backend: one ranged GetObject on S3, sendfile on a local file. S3 bodies go from
-the backend's connection to the client's socket with splice when both allow it.
-"""
+"""The body of a download: sendfile when the backend has files, else one backend
+read per range, relayed to the client's socket (splice) when the backend and the
+connection allow it, else streamed through aiohttp."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import mimetypes
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import BinaryIO
 
 from aiohttp import web
 
-from proxy.errors import ApiError
-from proxy.handlers.client_socket import ClientSocket
-from proxy.handlers.files import STORAGE, object_key
-from proxy.http_conditions import evaluate_preconditions, format_http_date, if_range_allows_partial
-from proxy.http_ranges import (
-    ByteRange,
-    PartialBody,
-    RangeResult,
-    Unsatisfiable,
-    WholeBody,
-    make_boundary,
-    multipart_byteranges,
-    parse_range,
-)
-from proxy.splice import ClientStalled
-from proxy.storage.base import (
-    BodyRelay,
-    FileBacked,
-    ObjectInfo,
-    ObjectNotFound,
-    Relayed,
-    Storage,
-    StorageError,
-)
+from proxy.rules.ranges import ByteRange
+from proxy.storage.base import BodyRelay, FileBacked, ObjectInfo, Relayed, Storage, StorageError
+from proxy.streaming.client_socket import ClientSocket
+from proxy.streaming.splice import ClientStalled
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DownloadSettings:
-    cache_control: str
-    max_ranges: int
-    send_timeout: float | None = None
-
-
-DOWNLOADS: web.AppKey[DownloadSettings] = web.AppKey("downloads", DownloadSettings)
-
-
-def content_type_of(info: ObjectInfo) -> str:
-    return info.content_type or mimetypes.guess_type(info.key)[0] or "application/octet-stream"
-
-
-def validators(info: ObjectInfo, settings: DownloadSettings) -> dict[str, str]:
-    headers = {"ETag": info.etag, "Last-Modified": format_http_date(info.last_modified)}
-    if settings.cache_control:
-        headers["Cache-Control"] = settings.cache_control
-    return headers
-
-
-# Headers whose answer depends on the object's current validators.
-CONDITIONAL_HEADERS = ("If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since")
-
-
-async def get_file(request: web.Request) -> web.StreamResponse:
-    key = object_key(request)
-    storage = request.app[STORAGE]
-    # A plain GET may use recently seen validators and save a round trip to S3: the
-    # body is read with IfMatch on them, so a stale entry fails before anything is
-    # sent, and we look again.
-    quick = request.method == "GET" and not any(h in request.headers for h in CONDITIONAL_HEADERS)
-    info = await storage.stat(key, recent=quick)
-    try:
-        return await answer(request, storage, info, verified=not quick)
-    except (ObjectNotFound, Unverified):
-        if not quick:
-            raise
-        return await answer(request, storage, await storage.stat(key), verified=True)
-
-
-class Unverified(Exception):
-    """An answer from recently seen validators that no read would check (a 416, an
-    empty body): it must be decided again on fresh ones."""
-
-
-async def answer(
-    request: web.Request, storage: Storage, info: ObjectInfo, *, verified: bool
-) -> web.StreamResponse:
-    settings = request.app[DOWNLOADS]
-    headers = validators(info, settings)
-    failed = evaluate_preconditions(request.method, request.headers, info.etag, info.last_modified)
-    if failed == 304:
-        return web.Response(status=304, headers=headers)
-    if failed == 412:
-        raise ApiError(412, "precondition_failed", "a precondition of the request does not hold")
-
-    decision: RangeResult = WholeBody()
-    range_header = request.headers.get("Range")
-    # Range only means something for GET (RFC 9110 §14.2); If-Range can veto it.
-    if (
-        request.method == "GET"
-        and range_header is not None
-        and if_range_allows_partial(request.headers.get("If-Range"), info.etag, info.last_modified)
-    ):
-        decision = parse_range(range_header, info.size, max_ranges=settings.max_ranges)
-    if isinstance(decision, Unsatisfiable):
-        if not verified:
-            raise Unverified
-        raise ApiError(
-            416,
-            "range_not_satisfiable",
-            f"no requested range overlaps the object's {info.size} bytes",
-            headers={"Content-Range": decision.content_range(info.size)},
-        )
-
-    headers["Accept-Ranges"] = "bytes"
-    content_type = content_type_of(info)
-    response = web.StreamResponse(headers=headers)
-    parts: list[tuple[bytes, ByteRange]]
-    closing = b""
-    if isinstance(decision, PartialBody) and len(decision.ranges) > 1:
-        boundary = make_boundary()
-        parts, closing, length = multipart_byteranges(decision.ranges, info.size, content_type, boundary)
-        response.set_status(206)
-        response.headers["Content-Type"] = f"multipart/byteranges; boundary={boundary}"
-    elif isinstance(decision, PartialBody):
-        [only] = decision.ranges
-        parts, length = [(b"", only)], only.length
-        response.set_status(206)
-        response.headers["Content-Range"] = only.content_range(info.size)
-        response.headers["Content-Type"] = content_type
-    else:
-        parts = [(b"", ByteRange(0, info.size - 1))] if info.size else []
-        length = info.size
-        response.headers["Content-Type"] = content_type
-    response.content_length = length
-    if request.method == "HEAD":
-        await response.prepare(request)
-        return response
-
-    if not parts and not verified:
-        raise Unverified
-    body = Body(
-        storage,
-        info,
-        parts,
-        closing,
-        whole=isinstance(decision, WholeBody),
-        send_timeout=settings.send_timeout,
-    )
-    try:
-        await body.open(request.transport)  # may still fail cleanly: nothing has been sent
-        await send_body(request, response, body)
-    finally:
-        await body.close()
-    return response
 
 
 async def send_body(request: web.Request, response: web.StreamResponse, body: Body) -> None:

@@ -1,12 +1,11 @@
-"""Local directory backend.
+"""Local directory backend: objects.
 
-``root/<key>`` holds the bytes. The backend's own files live under
-``root/.stream-proxy/`` (a name keys cannot use): ``tmp/`` for uploads in progress,
-on the same filesystem so that publishing one is an atomic rename, ``meta/<key>``
-for each object's content type and SHA-256, and ``uploads/`` for resumable uploads
-(see local_resumable). A metadata file records the inode, size and mtime of the data
-file it describes and is ignored if they no longer match, so a reader never pairs
-one version's bytes with another's metadata.
+``root/<key>`` holds the bytes. The backend's own files (storage.layout) live under
+the reserved first segment: uploads in progress in ``tmp/``, on the same filesystem
+so that publishing one is an atomic rename, and each object's content type and
+SHA-256 in ``meta/<key>.json``. A metadata file records the inode, size and mtime of
+the data file it describes and is ignored if they no longer match, so a reader never
+pairs one version's bytes with another's metadata. Every path comes from LocalPaths.
 
 All file system calls run in worker threads.
 """
@@ -19,21 +18,19 @@ import json
 import os
 import shutil
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from proxy.keys import INTERNAL_PREFIX, InvalidKey, validate_key
+from proxy.rules.keys import INTERNAL_PREFIX
 from proxy.storage.base import KeyConflict, ObjectInfo, ObjectNotFound, ObjectPage, StorageError
-from proxy.storage.cleanup import Cleanups
-from proxy.streams import HashingReader
+from proxy.storage.local.files import WRITE_BLOCK, BlockWriter, fsync_dir, local_etag, write_synced
+from proxy.storage.local.paths import LocalPaths
+from proxy.streaming.bodies import HashingReader
+from proxy.streaming.cleanups import Cleanups
 
 T = TypeVar("T")
-INTERNAL_DIR = INTERNAL_PREFIX
-WRITE_BLOCK = 1024 * 1024
-SYNC_EVERY = 16 * 1024 * 1024
 READ_BLOCK = 256 * 1024
 # Temporary files this old are left over from a crashed process, not a slow upload.
 STALE_TMP_SECONDS = 24 * 3600
@@ -45,10 +42,8 @@ async def _run(fn: Callable[..., T], *args: Any) -> T:
 
 class LocalStorage:
     def __init__(self, root: Path) -> None:
-        self.root = root.resolve()
-        self._internal = self.root / INTERNAL_DIR
-        self._tmp = self._internal / "tmp"
-        self._meta = self._internal / "meta"
+        self.paths = LocalPaths(root)
+        self.root = self.paths.root
         self._cleanups = Cleanups()
 
     async def start(self) -> None:
@@ -58,10 +53,10 @@ class LocalStorage:
         await self._cleanups.drain()
 
     def _prepare(self) -> None:
-        self._tmp.mkdir(parents=True, exist_ok=True)
-        self._meta.mkdir(parents=True, exist_ok=True)
+        self.paths.tmp.mkdir(parents=True, exist_ok=True)
+        self.paths.meta.mkdir(parents=True, exist_ok=True)
         cutoff = time.time() - STALE_TMP_SECONDS
-        for entry in os.scandir(self._tmp):
+        for entry in os.scandir(self.paths.tmp):
             with contextlib.suppress(OSError):
                 if entry.stat().st_mtime < cutoff:
                     # Resumable uploads build and remove their directories here.
@@ -69,26 +64,6 @@ class LocalStorage:
                         shutil.rmtree(entry.path)
                     else:
                         os.unlink(entry.path)
-
-    def temp_path(self, suffix: str) -> Path:
-        """A fresh name in the backend's temporary directory, on the objects' file
-        system so that whatever is made there can be renamed into place."""
-        return self._tmp / f"{uuid.uuid4().hex}{suffix}"
-
-    def path_for(self, key: str) -> Path:
-        """The data file of ``key``; refuses keys that would escape the root or use
-        the backend's own directory."""
-        return self.root / validate_key(key)
-
-    def _meta_path(self, key: str) -> Path:
-        return self._meta / (key + ".json")
-
-    def _check_inside(self, path: Path) -> None:
-        # Keys are validated, but a symlinked directory under the root could still
-        # lead outside it.
-        parent = path.parent.resolve()
-        if parent != self.root and self.root not in parent.parents:
-            raise InvalidKey("key resolves outside the storage root")
 
     # -- write ---------------------------------------------------------------
 
@@ -100,9 +75,9 @@ class LocalStorage:
         content_type: str | None,
         size: int | None = None,
     ) -> ObjectInfo:
-        self.path_for(key)  # refuse a bad key before reading the body
+        self.paths.object(key)  # refuse a bad key before reading the body
         reader = HashingReader(body)
-        tmp_path = self.temp_path(".part")
+        tmp_path = self.paths.temp(".part")
         fh: BinaryIO = await _run(open, tmp_path, "xb")
         writer = BlockWriter(fh)
         try:
@@ -137,7 +112,7 @@ class LocalStorage:
         """Make ``src``, a finished file already on disk and on the root's file system,
         the object ``key`` with ``meta`` (content_type, sha256), in one rename.
         KeyConflict leaves ``src`` where it was. Blocking: call it in a thread."""
-        path = self.path_for(key)
+        path = self.paths.object(key)
         try:
             if not self._replace_into(src, path):
                 raise StorageError(f"could not create the directory for {path}")
@@ -150,7 +125,7 @@ class LocalStorage:
 
     def describe_file(self, key: str, meta: dict[str, Any]) -> ObjectInfo:
         """Record ``meta`` for the object ``key`` as it is now. Blocking."""
-        st = self.path_for(key).stat()
+        st = self.paths.object(key).stat()
         self._write_meta(key, st, meta)
         return self._info(key, st, meta)
 
@@ -160,7 +135,7 @@ class LocalStorage:
         for _ in range(3):
             try:
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                self._check_inside(dest)
+                self.paths.check_inside(dest)
                 os.replace(src, dest)
                 return True
             except FileNotFoundError:
@@ -169,9 +144,9 @@ class LocalStorage:
 
     def _write_meta(self, key: str, st: os.stat_result, meta: dict[str, Any]) -> None:
         record = {**meta, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        tmp = self.temp_path(".meta")
+        tmp = self.paths.temp(".meta")
         write_synced(tmp, json.dumps(record).encode())
-        if not self._replace_into(tmp, self._meta_path(key)):
+        if not self._replace_into(tmp, self.paths.meta_of(key)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
@@ -179,7 +154,7 @@ class LocalStorage:
 
     def _read_meta(self, key: str, st: os.stat_result) -> dict[str, Any]:
         try:
-            with open(self._meta_path(key), encoding="utf-8") as fh:
+            with open(self.paths.meta_of(key), encoding="utf-8") as fh:
                 record = json.load(fh)
         except (OSError, ValueError):
             return {}
@@ -202,9 +177,9 @@ class LocalStorage:
         )
 
     def _stat(self, key: str) -> ObjectInfo:
-        path = self.path_for(key)
+        path = self.paths.object(key)
         try:
-            self._check_inside(path)
+            self.paths.check_inside(path)
             st = path.stat()
         except (FileNotFoundError, NotADirectoryError):
             raise ObjectNotFound(key) from None
@@ -216,8 +191,8 @@ class LocalStorage:
         return await _run(self._stat, key)
 
     def _open_checked(self, key: str, etag: str | None) -> BinaryIO:
-        path = self.path_for(key)
-        self._check_inside(path)
+        path = self.paths.object(key)
+        self.paths.check_inside(path)
         try:
             fh = open(path, "rb")  # noqa: SIM115 - the caller closes it
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
@@ -252,8 +227,8 @@ class LocalStorage:
     # -- delete and list -----------------------------------------------------
 
     def _delete(self, key: str) -> None:
-        path = self.path_for(key)
-        self._check_inside(path)
+        path = self.paths.object(key)
+        self.paths.check_inside(path)
         if not path.is_file():
             raise ObjectNotFound(key)
         try:
@@ -261,9 +236,9 @@ class LocalStorage:
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._meta_path(key))
+            os.unlink(self.paths.meta_of(key))
         self._prune(path.parent, self.root)
-        self._prune(self._meta_path(key).parent, self._meta)
+        self._prune(self.paths.meta_of(key).parent, self.paths.meta)
 
     @staticmethod
     def _prune(directory: Path, stop: Path) -> None:
@@ -286,7 +261,7 @@ class LocalStorage:
         for dirpath, dirnames, filenames in os.walk(start_dir):
             rel_dir = os.path.relpath(dirpath, self.root)
             if rel_dir == ".":
-                dirnames[:] = [d for d in dirnames if d != INTERNAL_DIR]
+                dirnames[:] = [d for d in dirnames if d != INTERNAL_PREFIX]
                 rel_dir = ""
             for name in filenames:
                 key = f"{rel_dir}/{name}" if rel_dir else name
@@ -302,72 +277,3 @@ class LocalStorage:
 
     async def list(self, prefix: str = "", limit: int = 1000, cursor: str | None = None) -> ObjectPage:
         return await _run(self._list, prefix, limit, cursor)
-
-
-class BlockWriter:
-    """Writes a stream to a file in worker threads, one block while the caller gathers
-    the next, and syncs to disk on the way so that the final sync has little left."""
-
-    def __init__(self, fh: BinaryIO) -> None:
-        self._fh = fh
-        self._queued: list[bytes | bytearray] = []
-        self._queued_size = 0
-        self._writing: asyncio.Future[Any] | None = None
-        self._syncing: asyncio.Future[Any] | None = None
-        self._unsynced = 0
-
-    async def write(self, data: bytes | bytearray) -> None:
-        """Take ``data`` (not to be changed afterwards); waits only for a block's turn."""
-        # Queued before any wait, so that flush() still writes it if this is cancelled.
-        self._queued.append(data)
-        self._queued_size += len(data)
-        if self._queued_size >= WRITE_BLOCK:
-            await self._dispatch()
-
-    async def flush(self) -> None:
-        """Write what is queued and wait for every write and sync to end."""
-        if self._queued:
-            await self._dispatch()
-        await self.settle()
-
-    async def settle(self) -> None:
-        """Wait for every started thread call, so none touches the file after we go on."""
-        outcomes = await asyncio.gather(
-            *(f for f in (self._writing, self._syncing) if f is not None), return_exceptions=True
-        )
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-
-    async def _dispatch(self) -> None:
-        if self._writing is not None:
-            await self._writing
-        # A block that came whole is written as it is, sparing a copy.
-        block = self._queued[0] if len(self._queued) == 1 else b"".join(self._queued)
-        self._queued, self._queued_size = [], 0
-        self._writing = asyncio.ensure_future(_run(self._fh.write, block))
-        self._unsynced += len(block)
-        if self._unsynced >= SYNC_EVERY and (self._syncing is None or self._syncing.done()):
-            self._syncing = asyncio.ensure_future(_run(os.fdatasync, self._fh.fileno()))
-            self._unsynced = 0
-
-
-def local_etag(st: os.stat_result) -> str:
-    """A strong validator from the file's identity: any replace makes a new inode."""
-    return f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"'
-
-
-def write_synced(path: Path, data: bytes) -> None:
-    """Make ``path`` hold ``data``, on disk before this returns."""
-    with open(path, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

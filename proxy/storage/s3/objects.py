@@ -1,4 +1,4 @@
-"""S3 backend through aioboto3: one client for the application's lifetime."""
+"""S3 backend through aioboto3: objects, with one client for the application's lifetime."""
 
 from __future__ import annotations
 
@@ -12,17 +12,17 @@ import aioboto3
 from botocore.config import Config as BotoConfig
 
 from proxy.config import S3Config
-from proxy.keys import INTERNAL_PREFIX, validate_key
+from proxy.rules.keys import validate_key
+from proxy.storage import layout
 from proxy.storage.base import BodyRelay, ObjectInfo, ObjectPage
-from proxy.storage.budget import MemoryBudget
-from proxy.storage.cleanup import Cleanups
-from proxy.storage.s3_errors import quoted_etag, upstream
-from proxy.storage.s3_relay import S3Relay
-from proxy.storage.s3_upload import SHA256_META, S3Upload, UploadSettings
+from proxy.storage.s3.errors import quoted_etag, upstream
+from proxy.storage.s3.multipart import SHA256_META
+from proxy.storage.s3.put import S3Upload, UploadSettings
+from proxy.storage.s3.relay import S3Relay
+from proxy.streaming.budget import MemoryBudget
+from proxy.streaming.cleanups import Cleanups
 
 READ_CHUNK = 256 * 1024
-# Resumable uploads keep their state and bytes under this prefix; it is not listed.
-_INTERNAL = INTERNAL_PREFIX + "/"
 
 
 class RecentStats:
@@ -202,7 +202,8 @@ class S3Storage:
                     last_modified=item["LastModified"],
                 )
                 for item in contents
-                if not item["Key"].startswith(_INTERNAL)
+                # Resumable uploads keep their state and bytes there.
+                if not layout.is_internal(item["Key"])
             ]
             more = bool(response.get("IsTruncated")) and bool(contents)
             # The backend's own objects were left out: read on until the page is full.

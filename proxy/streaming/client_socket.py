@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from proxy.splice import wait_writable
+from proxy.streaming.splice import wait_writable
 
 
 class ClientSocket:

@@ -1,8 +1,7 @@
-"""Upload and delete endpoints under /files."""
+"""Uploads and deletes under /files: PUT a raw body, POST multipart/form-data, DELETE."""
 
 from __future__ import annotations
 
-import mimetypes
 from collections.abc import AsyncIterator
 from urllib.parse import unquote
 
@@ -10,13 +9,13 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import MultipartReader
 
-from proxy.errors import ApiError, to_api_error
-from proxy.keys import InvalidKey, sanitize_filename, validate_key, validate_prefix
-from proxy.storage.base import Storage
-from proxy.streams import BodyTooLarge, limited
+from proxy.rules.content_types import content_type_for
+from proxy.rules.keys import InvalidKey, sanitize_filename, validate_key, validate_prefix
+from proxy.streaming.bodies import BodyTooLarge, limited
+from proxy.web.errors import ApiError, to_api_error
+from proxy.web.requests import object_key, request_chunks, within_upload_limit
+from proxy.web.settings import MAX_UPLOAD, STORAGE
 
-STORAGE: web.AppKey[Storage] = web.AppKey("storage", Storage)
-MAX_UPLOAD: web.AppKey[int] = web.AppKey("max_upload_bytes", int)
 READ_CHUNK = 256 * 1024
 # What aiohttp's multipart parser raises on a malformed body.
 MULTIPART_ERRORS = (ValueError, AssertionError, KeyError, HttpProcessingError)
@@ -24,26 +23,6 @@ MULTIPART_ERRORS = (ValueError, AssertionError, KeyError, HttpProcessingError)
 
 def bad_multipart(exc: Exception) -> ApiError:
     return ApiError(400, "bad_multipart", f"malformed multipart body: {exc}".strip())
-
-
-def object_key(request: web.Request) -> str:
-    return validate_key(request.match_info["key"])
-
-
-def content_type_for(declared: str | None, key: str) -> str:
-    if declared and declared != "application/octet-stream":
-        return declared
-    return mimetypes.guess_type(key)[0] or declared or "application/octet-stream"
-
-
-def _limit(request: web.Request, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    limit = request.app[MAX_UPLOAD]
-    return limited(body, limit) if limit else body
-
-
-async def request_chunks(request: web.Request) -> AsyncIterator[bytes]:
-    while chunk := await request.content.readany():
-        yield chunk
 
 
 async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
@@ -70,7 +49,7 @@ async def put_file(request: web.Request) -> web.Response:
     declared = request.headers.get("Content-Type")
     info = await request.app[STORAGE].write(
         key,
-        _limit(request, request_chunks(request)),
+        within_upload_limit(request, request_chunks(request)),
         content_type=content_type_for(declared, key),
         size=size,
     )
@@ -138,17 +117,3 @@ async def _parts(reader: MultipartReader) -> AsyncIterator[BodyPartReader]:
 async def delete_file(request: web.Request) -> web.Response:
     await request.app[STORAGE].delete(object_key(request))
     return web.Response(status=204)
-
-
-# [\s\S] rather than '.', so that keys with control characters reach validate_key
-# and get a clear 400 instead of a 404.
-KEY_ROUTE = r"/files/{key:[\s\S]+}"
-PREFIX_ROUTE = r"/files/{prefix:[\s\S]+/}"
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_put(KEY_ROUTE, put_file)
-    app.router.add_delete(KEY_ROUTE, delete_file)
-    app.router.add_post("/files", post_files)
-    app.router.add_post("/files/", post_files)
-    app.router.add_post(PREFIX_ROUTE, post_files)

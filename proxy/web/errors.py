@@ -8,11 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.keys import InvalidKey
+from proxy.rules.keys import InvalidKey
+from proxy.rules.tus import TusHeaderError
 from proxy.storage.base import KeyConflict, ObjectNotFound, ObjectTooLarge, UpstreamError
 from proxy.storage.resumable import ChecksumMismatch, UploadLocked, UploadNotFound
-from proxy.streams import BodyTooLarge
-from proxy.tus_protocol import TusHeaderError
+from proxy.streaming.bodies import BodyTooLarge
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.errors import ApiError
-from proxy.handlers.downloads import content_type_of
-from proxy.handlers.files import STORAGE
+from proxy.rules.content_types import served_content_type
+from proxy.web.errors import ApiError
+from proxy.web.settings import STORAGE
 
 MAX_LIMIT = 1000
 
@@ -31,7 +31,7 @@ async def list_files(request: web.Request) -> web.Response:
             "etag": o.etag,
             "last_modified": o.last_modified.isoformat(),
             # S3 listings carry no content type: those are guessed from the key.
-            "content_type": content_type_of(o),
+            "content_type": served_content_type(o.content_type, o.key),
         }
         for o in page.objects
     ]

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from proxy.keys import InvalidKey, sanitize_filename, validate_key
+from proxy.rules.keys import InvalidKey, sanitize_filename, validate_key
 
 TUS_VERSION = "1.0.0"
 SUPPORTED_VERSIONS = (TUS_VERSION,)

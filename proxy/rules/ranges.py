@@ -8,7 +8,7 @@ Pure functions, no I/O. The handler asks :func:`parse_range` what to send:
   (framed by :func:`multipart_byteranges`) for several.
 
 Preconditions (``If-Match``, ``If-Range``, ...) are evaluated before this, see
-:mod:`proxy.http_conditions`.
+:mod:`proxy.rules.conditions`.
 """
 
 from __future__ import annotations

@@ -1,1 +1,0 @@
-"""HTTP handlers: thin translations between requests and the storage interface."""

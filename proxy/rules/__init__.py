@@ -1,0 +1,1 @@
+"""Pure protocol rules: keys, ranges, conditions, tus headers, response heads. No I/O."""

@@ -1,0 +1,54 @@
+"""Where the proxy keeps its own files: one reserved layout for every backend.
+
+They live in the same directory or bucket as the objects, under a first segment that
+no key may use (rules.keys refuses it), so that publishing a finished upload is a
+rename on one file system or bucket. A local path is the root joined with one of
+these keys; S3 uses them as they are.
+
+- ``tmp/``: local only. Uploads in progress, on the objects' file system so that a
+  finished one is renamed into place, and resumable uploads being built or removed.
+- ``meta/<key>.json``: local only. An object's content type and SHA-256.
+- ``uploads/<id>/``: one resumable upload. ``state.json`` on both backends; locally
+  also ``data`` (the bytes so far) and ``lock``; on S3 ``tail-<token>``, the bytes
+  that do not yet fill a part.
+"""
+
+from __future__ import annotations
+
+from proxy.rules.keys import INTERNAL_PREFIX
+
+INTERNAL = INTERNAL_PREFIX + "/"
+TMP = INTERNAL + "tmp/"
+META = INTERNAL + "meta/"
+UPLOADS = INTERNAL + "uploads/"
+
+# The files of one resumable upload, under upload_prefix().
+UPLOAD_STATE = "state.json"
+UPLOAD_DATA = "data"
+UPLOAD_LOCK = "lock"
+
+
+def is_internal(key: str) -> bool:
+    """Whether a key found in the directory or bucket is one of the proxy's own."""
+    return key.startswith(INTERNAL)
+
+
+def meta_key(key: str) -> str:
+    return f"{META}{key}.json"
+
+
+def upload_prefix(upload_id: str) -> str:
+    return f"{UPLOADS}{upload_id}/"
+
+
+def upload_state_key(upload_id: str) -> str:
+    return upload_prefix(upload_id) + UPLOAD_STATE
+
+
+def upload_tail_key(upload_id: str, token: str) -> str:
+    return upload_prefix(upload_id) + f"tail-{token}"
+
+
+def upload_id_of(prefix: str) -> str:
+    """The id in an ``upload_prefix()``, as a delimited listing returns it."""
+    return prefix.removeprefix(UPLOADS).removesuffix("/")

@@ -1,0 +1,201 @@
+"""One append (a PATCH body) on its way into S3.
+
+An append reads the upload's tail, adds the chunk, sends every part that is full,
+writes the rest to a new tail object (a new token each time) and saves a state that
+names it, with every part's number, ETag and size. The old tail is deleted only after
+that save, so a saved state always names a tail that exists. Tails of appends that
+never got saved stay under the upload's prefix until the upload is terminated or
+expires, which removes the whole prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+from proxy.storage.base import ObjectTooLarge, StorageError
+from proxy.storage.resumable import UploadBody, UploadState
+from proxy.storage.s3.limits import MAX_PARTS
+from proxy.storage.s3.multipart import PartSender, UploadTarget
+from proxy.storage.s3.resumable.lease import Lease
+from proxy.storage.s3.resumable.plan import PartLayout, leftover_is_part, part_target
+from proxy.storage.s3.resumable.records import UploadRecords
+from proxy.streaming.budget import MemoryBudget
+
+log = logging.getLogger(__name__)
+
+
+class Append:
+    """One append on its way into S3: the part being filled, the parts sent, the new tail.
+
+    The part buffer is reserved from the storage's MemoryBudget before it is filled,
+    starting with the current tail, at its whole size (part_target); every full part
+    goes to a PartSender, which owns the buffer and reservation from then on.
+    """
+
+    def __init__(
+        self,
+        state: UploadState,
+        *,
+        lease: Lease,
+        records: UploadRecords,
+        target: UploadTarget,
+        budget: MemoryBudget,
+        max_concurrency: int,
+    ) -> None:
+        self._lease = lease
+        self._records = records
+        self._target = target
+        self._max_concurrency = max_concurrency
+        self._state = state
+        self._layout = PartLayout.of(state)
+        self._budget = budget
+        self._number = len(self._layout.parts) + 1
+        self._sent: list[tuple[int, int]] = []  # (number, size) of the parts this append sent
+        self._sender: PartSender | None = None
+        self._creating: asyncio.Future[None] | None = None
+        self._buf = bytearray()
+        self._fill_to = 0  # the size at which the part in the buffer is sent
+        self._reserved = 0
+        # Bytes the body has given (and hashed) that are not in the buffer yet.
+        self._pending = memoryview(b"")
+        self._new_tail: str | None = None
+        self.body_failed = False
+
+    async def take(self, body: UploadBody) -> None:
+        """Read all of ``body``, sending each part as it fills; the rest stays in the buffer."""
+        await self._reserve(body, self._state.offset - self._layout.in_parts)
+        await self._records.read_tail(self._state, self._layout, self._buf)
+        chunks = aiter(body)
+        while True:
+            # A cut-off append may have kept a whole part as its tail.
+            if len(self._buf) >= self._fill_to:
+                await self._send_part()
+                await self._reserve(body, 0)
+            if not self._pending:
+                chunk = await self._next(chunks)
+                if chunk is None:
+                    return
+                self._pending = memoryview(chunk)
+                self._lease.check()
+            room = self._fill_to - len(self._buf)
+            self._buf += self._pending[:room]
+            self._pending = self._pending[room:]
+
+    async def _reserve(self, body: UploadBody, buffered: int) -> None:
+        """Size the part about to be filled, which holds ``buffered`` bytes, and
+        reserve it. Nothing else is held meanwhile (the parts in flight let go of
+        theirs on their own), so two appends never wait for each other."""
+        to_come = None
+        if body.expected is not None:
+            to_come = max(body.expected - body.taken, 0) + len(self._pending)
+        self._fill_to = part_target(self._layout.size_of(self._number), buffered, to_come)
+        self._reserved = await self._budget.acquire(self._fill_to)
+
+    async def _next(self, chunks: AsyncIterator[bytes]) -> bytes | None:
+        try:
+            return await anext(chunks)
+        except StopAsyncIteration:
+            return None
+        except BaseException:
+            self.body_failed = True
+            raise
+
+    async def _send_part(self) -> None:
+        if self._number > MAX_PARTS:
+            raise ObjectTooLarge(f"the upload needs more than {MAX_PARTS} parts")
+        if self._sender is None:
+            if self._layout.upload_id is None:
+                # Shielded: a multipart upload must not exist without a state naming it.
+                self._creating = asyncio.ensure_future(self._create_multipart())
+                await asyncio.shield(self._creating)
+            assert self._layout.upload_id is not None
+            self._sender = self._target.part_sender(
+                self._layout.upload_id, max_concurrency=self._max_concurrency, budget=self._budget
+            )
+        await self._sender.wait_for_slot()
+        data, reserved = self._buf, self._reserved
+        self._buf, self._reserved = bytearray(), 0
+        self._sender.start(self._number, data, reserved)
+        self._sent.append((self._number, len(data)))
+        self._number += 1
+
+    async def _create_multipart(self) -> None:
+        target = self._target
+        upload_id = await target.create_multipart()
+        layout = replace(self._layout, upload_id=upload_id)
+        try:
+            self._state = await self._lease.save(replace(self._state, backend=layout.backend()))
+        except BaseException:
+            try:
+                await target.abort(upload_id)
+            except StorageError as exc:
+                log.warning("could not abort multipart upload %s of %s: %s", upload_id, target.key, exc)
+            raise
+        self._layout = layout
+
+    async def _settle(self) -> None:
+        if self._creating is not None:
+            await asyncio.wait([self._creating])
+
+    async def save(self, body: UploadBody) -> UploadState:
+        """Store what was taken: send the rest as a part (leftover_is_part) or wait
+        for the parts and write it as the new tail, save the state that names them;
+        on any failure, discard() instead."""
+        try:
+            await self._settle()
+            # Cancelled between taking a chunk and buffering all of it: body.taken
+            # (and the hash) count those bytes, so they are stored too.
+            self._buf += self._pending
+            self._pending = memoryview(b"")
+            if leftover_is_part(
+                buffered=len(self._buf),
+                number=self._number,
+                part_size=self._layout.part_size,
+                growing=self._layout.growing,
+                length=self._state.length,
+                end=self._state.offset + body.taken,
+            ):
+                await self._send_part()
+            if self._sender is not None:
+                await self._sender.wait_all()
+            layout = self._layout
+            if self._sent or body.taken:
+                layout = replace(layout, parts=layout.parts + self._sent_parts(), tail=await self._put_tail())
+            saved = await self._lease.save(body.advanced(self._state, backend=layout.backend()))
+        except BaseException:
+            await self.discard()
+            raise
+        finally:
+            self._budget.release(self._reserved)
+            self._reserved = 0
+        if layout.tail != self._layout.tail and self._layout.tail is not None:
+            await self._records.delete_tail(self._state.id, self._layout.tail)
+        return saved
+
+    def _sent_parts(self) -> tuple[tuple[int, str, int], ...]:
+        if self._sender is None:
+            return ()
+        etags = self._sender.etags
+        return tuple((number, etags[number], size) for number, size in self._sent)
+
+    async def _put_tail(self) -> str | None:
+        if not self._buf:
+            return None
+        # Named before the PUT, so that discard() removes it even if its answer is lost.
+        self._new_tail = self._records.new_tail()
+        await self._records.put_tail(self._state.id, self._new_tail, self._buf)
+        return self._new_tail
+
+    async def discard(self) -> None:
+        """Give up this append: stop its parts, free its buffer, remove its tail. The
+        saved state is left as it was; the parts sent are overwritten by the next append."""
+        await self._settle()
+        if self._sender is not None:
+            await self._sender.cancel()
+        self._budget.release(self._reserved)
+        self._reserved = 0
+        if self._new_tail is not None:
+            await self._records.delete_tail(self._state.id, self._new_tail)

@@ -1,0 +1,134 @@
+"""How a resumable upload's bytes are cut into S3 parts: pure decisions, no I/O.
+
+Part sizes are chosen when the upload is created and recorded in its state
+(PartLayout), so neither a later process nor a changed setting can alter them
+mid-upload, and every part's size is recorded too, so offsets stay right across
+processes.
+
+S3 takes parts of different sizes (all but the last >= MIN_PART_SIZE), which spares
+most PATCHes of a few MiB their tail (part_target, leftover_is_part):
+
+- When the PATCH's length is known (Content-Length) and cutting a part at the part
+  size would leave fewer than MIN_PART_SIZE bytes of it, the part takes them too:
+  it is then up to ``part size + MIN_PART_SIZE - 1`` bytes. Its whole size is
+  reserved from the MemoryBudget before it is filled, while nothing else is held.
+- What is left at the end of an append goes as a part of its own, not as a tail,
+  when the upload's length was known at creation and it is more than one part, and
+  either it completes the upload after at least one part (the last part may be of
+  any size), or it is at least MIN_PART_SIZE and the rest of the upload still fits
+  in MAX_PARTS parts of the part size. So an upload sent in PATCHes of 5 MiB or more
+  writes no tail at all, and one that never fills a part still ends as one
+  PutObject.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.storage.resumable import UploadState
+from proxy.storage.s3.limits import (
+    MAX_PART_SIZE,
+    MAX_PARTS,
+    MIN_PART_SIZE,
+    part_size_for_known_size,
+    part_size_for_unknown_size,
+)
+
+
+def part_target(size: int, buffered: int, to_come: int | None) -> int:
+    """How many bytes the part being filled should hold.
+
+    ``size`` is the layout's size for that part, ``buffered`` what it holds already,
+    ``to_come`` the bytes of this PATCH not buffered yet (None: not known). If cutting
+    at ``size`` would leave 1 to MIN_PART_SIZE - 1 bytes of the PATCH behind, the part
+    takes them too, so that they need no tail: up to ``size + MIN_PART_SIZE - 1``
+    bytes, never over MAX_PART_SIZE.
+    """
+    if buffered >= size:
+        return buffered  # a kept tail that fills a part already goes as it is
+    if to_come is None:
+        return size
+    rest = buffered + to_come - size
+    if 0 < rest < MIN_PART_SIZE and size + rest <= MAX_PART_SIZE:
+        return size + rest
+    return size
+
+
+def leftover_is_part(
+    *,
+    buffered: int,
+    number: int,
+    part_size: int,
+    growing: bool,
+    length: int | None,
+    end: int,
+    max_parts: int = MAX_PARTS,
+) -> bool:
+    """Whether the ``buffered`` bytes left at the end of an append, up to offset
+    ``end``, go to S3 now as part ``number`` instead of to a tail object.
+
+    Only when the upload's length was known at creation (so ``part_size`` fits it in
+    ``max_parts``) and is over one part (one that never fills a part ends as one
+    PutObject). Then the bytes that complete the upload are its last part, of any
+    size, once a part exists; other bytes only if they make a valid non-last part
+    (MIN_PART_SIZE) and the rest of the upload still fits in ``max_parts`` parts.
+    """
+    if buffered == 0 or growing or length is None or length <= part_size or number > max_parts:
+        return False
+    if end >= length:
+        return number > 1
+    return buffered >= MIN_PART_SIZE and number + -(-(length - end) // part_size) <= max_parts
+
+
+@dataclass(frozen=True)
+class PartLayout:
+    """What ``UploadState.backend`` records about where the upload's bytes are."""
+
+    part_size: int
+    growing: bool  # unknown length at creation: part sizes follow the growing schedule
+    upload_id: str | None = None
+    parts: tuple[tuple[int, str, int], ...] = ()  # (number, ETag, size)
+    tail: str | None = None
+
+    @classmethod
+    def for_new_upload(cls, length: int | None, preferred_part_size: int) -> PartLayout:
+        """The layout of an upload of ``length`` bytes (None: not known yet);
+        ValueError if S3 cannot hold that many."""
+        if length is None:
+            return cls(preferred_part_size, growing=True)
+        return cls(part_size_for_known_size(length, preferred_part_size), growing=False)
+
+    @classmethod
+    def of(cls, state: UploadState) -> PartLayout:
+        b = state.backend
+        return cls(
+            part_size=b["part_size"],
+            growing=b["growing"],
+            upload_id=b.get("upload_id"),
+            parts=tuple((int(n), str(e), int(s)) for n, e, s in b.get("parts", [])),
+            tail=b.get("tail"),
+        )
+
+    def backend(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"part_size": self.part_size, "growing": self.growing}
+        if self.upload_id is not None:
+            record["upload_id"] = self.upload_id
+        if self.parts:
+            record["parts"] = [list(p) for p in self.parts]
+        if self.tail is not None:
+            record["tail"] = self.tail
+        return record
+
+    def size_of(self, number: int) -> int:
+        if self.growing:
+            return part_size_for_unknown_size(number, self.part_size)
+        return self.part_size
+
+    @property
+    def in_parts(self) -> int:
+        return sum(size for _, _, size in self.parts)
+
+    def finished(self) -> PartLayout:
+        """What a finished upload keeps: the part sizes, no parts, tail or upload id."""
+        return PartLayout(self.part_size, self.growing)

@@ -1,0 +1,184 @@
+"""The objects a resumable upload keeps in the bucket (storage.layout): its state,
+written only conditionally, and its tails, the bytes that do not yet fill a part.
+
+Every write of the state object is conditional: the first with ``If-None-Match: *``,
+every other with ``If-Match`` on the ETag the writer last read or wrote. A state is
+therefore only ever replaced by a writer that saw the version it replaces; of two
+writers starting from one version, one gets StateChanged and writes nothing. (ETags
+are content hashes, so a state rewritten with identical bytes matches again; that is
+harmless, since the reader's copy is then exact, and every write made under a lease
+carries a fresh nonce, so no two of those are ever identical.) Removing the state
+object is unconditional (S3 servers such as RGW 16.2 do not support conditional
+deletes), so it is done only under the lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from botocore.exceptions import ClientError
+
+from proxy.storage import layout
+from proxy.storage.base import ObjectNotFound, StorageError, UpstreamError
+from proxy.storage.resumable import UploadNotFound, UploadState
+from proxy.storage.s3.errors import error_code, quoted_etag, upstream
+from proxy.storage.s3.objects import READ_CHUNK, S3Storage
+from proxy.storage.s3.resumable.plan import PartLayout
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# A conditional write found another version, or none (RGW answers a missing
+# object's If-Match with 412, moto with 404); AWS answers 409 to a concurrent one.
+_CONFLICT_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "NoSuchKey", "404"}
+
+
+class StateChanged(Exception):
+    """A conditional write of the state found a version other than the expected one."""
+
+
+class UploadRecords:
+    def __init__(self, storage: S3Storage) -> None:
+        self._storage = storage
+
+    @property
+    def _client(self) -> Any:
+        return self._storage.client
+
+    @property
+    def _bucket(self) -> str:
+        return self._storage.bucket
+
+    # State
+
+    async def read_state(self, upload_id: str) -> tuple[UploadState, dict[str, Any]]:
+        """The stored state, with its ETag as ``version``, and the GetObject answer
+        (its dates time a lease); UploadNotFound if there is none."""
+        key = layout.upload_state_key(upload_id)
+        try:
+            response = await upstream(self._client.get_object(Bucket=self._bucket, Key=key), key=key)
+        except ObjectNotFound:
+            raise UploadNotFound(upload_id) from None
+        data = bytearray()
+        await upstream(_read_into(response["Body"], data))
+        return UploadState.from_json(bytes(data), version=quoted_etag(response["ETag"])), response
+
+    async def put_state(self, state: UploadState, *, if_match: str | None) -> str:
+        """Write ``state`` if the stored one is still ``if_match`` (None: if there is
+        none); returns the new ETag, or raises StateChanged."""
+        body = state.to_json()
+        args: dict[str, Any] = {
+            "Bucket": self._bucket,
+            "Key": layout.upload_state_key(state.id),
+            "Body": body,
+            "ContentType": "application/json",
+        }
+        if if_match is None:
+            args["IfNoneMatch"] = "*"
+        else:
+            args["IfMatch"] = if_match.strip('"')  # RGW 16.2 only matches the bare ETag
+        try:
+            response = await upstream(_conditional(self._client.put_object(**args)))
+        except StateChanged:
+            # botocore retries a write whose answer was lost, and the retry fails the
+            # condition that the first attempt met: if what is stored is byte for byte
+            # what we sent (every locked write carries a fresh nonce), it is ours.
+            try:
+                stored, _ = await self.read_state(state.id)
+            except UploadNotFound:
+                raise StateChanged from None
+            if stored.to_json() != body or stored.version is None:
+                raise
+            return stored.version
+        return quoted_etag(response["ETag"])
+
+    async def delete_state(self, upload_id: str) -> None:
+        await upstream(
+            self._client.delete_object(Bucket=self._bucket, Key=layout.upload_state_key(upload_id))
+        )
+
+    # Tails
+
+    async def read_tail(self, state: UploadState, parts: PartLayout, buf: bytearray) -> None:
+        """Add the bytes of the tail ``parts`` names, if any, to ``buf``."""
+        if parts.tail is None:
+            return
+        key = layout.upload_tail_key(state.id, parts.tail)
+        try:
+            response = await upstream(self._client.get_object(Bucket=self._bucket, Key=key), key=key)
+        except ObjectNotFound:
+            raise UpstreamError(f"upload {state.id}: its stored bytes are missing ({key})") from None
+        await upstream(_read_into(response["Body"], buf))
+        expected = state.offset - parts.in_parts
+        if len(buf) != expected:
+            raise UpstreamError(f"upload {state.id}: {key} holds {len(buf)} bytes, not {expected}")
+
+    @staticmethod
+    def new_tail() -> str:
+        """A fresh tail token; named before the PUT, so that a tail whose answer was
+        lost can still be removed."""
+        return uuid.uuid4().hex
+
+    async def put_tail(self, upload_id: str, token: str, data: bytes | bytearray) -> None:
+        key = layout.upload_tail_key(upload_id, token)
+        await upstream(self._client.put_object(Bucket=self._bucket, Key=key, Body=data))
+
+    async def delete_tail(self, upload_id: str, token: str) -> None:
+        """Delete a tail that nothing refers to any more; one left behind goes when
+        its upload is terminated or expires."""
+        key = layout.upload_tail_key(upload_id, token)
+        try:
+            await upstream(self._client.delete_object(Bucket=self._bucket, Key=key))
+        except StorageError as exc:
+            log.warning("could not delete %s: %s", key, exc)
+
+    # The whole upload
+
+    async def delete_all_but_state(self, upload_id: str) -> None:
+        """Every tail, also those of appends that died before saving."""
+        state_key = layout.upload_state_key(upload_id)
+        for key in await self._keys(layout.upload_prefix(upload_id)):
+            if key != state_key:
+                await upstream(self._client.delete_object(Bucket=self._bucket, Key=key))
+
+    async def upload_ids(self) -> list[str]:
+        return [
+            layout.upload_id_of(entry["Prefix"])
+            async for page in self._listing(layout.UPLOADS, Delimiter="/")
+            for entry in page.get("CommonPrefixes", [])
+        ]
+
+    async def _listing(self, prefix: str, **args: Any) -> AsyncIterator[dict[str, Any]]:
+        token: str | None = None
+        while True:
+            page_args = {"Bucket": self._bucket, "Prefix": prefix, **args}
+            if token is not None:
+                page_args["ContinuationToken"] = token
+            page: dict[str, Any] = await upstream(self._client.list_objects_v2(**page_args))
+            yield page
+            if not page.get("IsTruncated"):
+                return
+            token = page["NextContinuationToken"]
+
+    async def _keys(self, prefix: str) -> list[str]:
+        return [item["Key"] async for page in self._listing(prefix) for item in page.get("Contents", [])]
+
+
+async def _conditional(call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except ClientError as exc:
+        if error_code(exc) in _CONFLICT_CODES:
+            raise StateChanged from exc
+        raise
+
+
+async def _read_into(stream: Any, buf: bytearray) -> None:
+    try:
+        async for chunk in stream.iter_chunks(READ_CHUNK):
+            buf += chunk
+    finally:
+        stream.close()

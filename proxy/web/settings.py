@@ -1,0 +1,55 @@
+"""Everything the handlers read from the application: every AppKey, and the
+settings each kind of request needs, taken from the config in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from proxy.config import Config
+from proxy.storage.backend import Backend
+from proxy.storage.base import Storage
+from proxy.storage.resumable import ResumableStore
+
+
+@dataclass(frozen=True)
+class DownloadSettings:
+    cache_control: str
+    max_ranges: int
+    send_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class TusSettings:
+    key_template: str
+    expiration: float
+    max_size: int  # 0: no limit of our own
+
+
+BACKEND: web.AppKey[Backend] = web.AppKey("backend", Backend)
+STORAGE: web.AppKey[Storage] = web.AppKey("storage", Storage)
+UPLOADS: web.AppKey[ResumableStore] = web.AppKey("uploads", ResumableStore)
+MAX_UPLOAD: web.AppKey[int] = web.AppKey("max_upload_bytes", int)
+DOWNLOADS: web.AppKey[DownloadSettings] = web.AppKey("downloads", DownloadSettings)
+TUS: web.AppKey[TusSettings] = web.AppKey("tus", TusSettings)
+SWEEP_INTERVAL: web.AppKey[float] = web.AppKey("sweep_interval", float)
+
+
+def install(app: web.Application, config: Config, backend: Backend) -> None:
+    """Put the backend and every setting the handlers read on ``app``."""
+    app[BACKEND] = backend
+    app[STORAGE] = backend.objects
+    app[UPLOADS] = backend.uploads
+    app[MAX_UPLOAD] = config.server.max_upload_bytes
+    app[DOWNLOADS] = DownloadSettings(
+        cache_control=config.server.cache_control,
+        max_ranges=config.server.max_ranges,
+        send_timeout=config.server.send_timeout or None,
+    )
+    app[TUS] = TusSettings(
+        key_template=config.tus.key_template,
+        expiration=config.tus.expiration,
+        max_size=config.server.max_upload_bytes,
+    )
+    app[SWEEP_INTERVAL] = config.tus.sweep_interval
