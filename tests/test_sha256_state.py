@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import hashlib
 import struct
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.streaming.sha256_state import _CTX_SIZE, _MD_LEN_OFFSET, ResumableSha256, _lib
+from proxy.streaming.sha256_state import MD_LEN_OFFSET, STATE_BYTES, ResumableSha256
 
 Chunk = bytes | bytearray | memoryview
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -59,9 +60,9 @@ def test_fresh_state_is_the_empty_hash() -> None:
 def test_state_is_hex_text_of_the_context() -> None:
     state = ResumableSha256().state()
     assert isinstance(state, str)
-    assert len(state) == 2 * _CTX_SIZE
+    assert len(state) == 2 * STATE_BYTES
     assert bytes.fromhex(state).hex() == state
-    assert struct.unpack_from("=I", bytes.fromhex(state), _MD_LEN_OFFSET)[0] == 32
+    assert struct.unpack_from("=I", bytes.fromhex(state), MD_LEN_OFFSET)[0] == 32
 
 
 @pytest.mark.parametrize("kind", [*KINDS, "wide-memoryview"])
@@ -188,9 +189,9 @@ def valid_state() -> str:
         valid_state()[:-2],
         valid_state() + "00",
         valid_state()[:-1],  # odd length
-        "zz" * _CTX_SIZE,
+        "zz" * STATE_BYTES,
         "0x" + valid_state()[2:],
-        "00" * _CTX_SIZE,  # md_len 0
+        "00" * STATE_BYTES,  # md_len 0
         EMPTY_SHA256,  # a digest is not a state
     ],
 )
@@ -202,15 +203,16 @@ def test_invalid_states_are_refused(state: str) -> None:
 @pytest.mark.parametrize("md_len", [0, 20, 28, 31, 33, 64, 32 << 24])
 def test_states_of_other_digest_lengths_are_refused(md_len: int) -> None:
     raw = bytearray.fromhex(valid_state())
-    struct.pack_into("=I", raw, _MD_LEN_OFFSET, md_len)
+    struct.pack_into("=I", raw, MD_LEN_OFFSET, md_len)
     with pytest.raises(ValueError, match="not a saved SHA-256 state"):
         ResumableSha256(raw.hex())
 
 
 def test_a_sha224_state_is_refused() -> None:
     # SHA-224 shares the struct and differs only in md_len (28).
-    ctx = ctypes.create_string_buffer(_CTX_SIZE)
-    _lib.SHA224_Init(ctx)
+    libcrypto = ctypes.CDLL(ctypes.util.find_library("crypto"))
+    ctx = ctypes.create_string_buffer(STATE_BYTES)
+    libcrypto.SHA224_Init(ctx)
     with pytest.raises(ValueError, match="not a saved SHA-256 state"):
         ResumableSha256(ctx.raw.hex())
 

@@ -13,8 +13,8 @@ import ctypes
 import ctypes.util
 import struct
 
-_CTX_SIZE = 112  # sizeof(SHA256_CTX): h[8], Nl, Nh, data[16], num, md_len; unchanged since OpenSSL 0.9.8
-_MD_LEN_OFFSET = _CTX_SIZE - 4
+STATE_BYTES = 112  # sizeof(SHA256_CTX): h[8], Nl, Nh, data[16], num, md_len; unchanged since OpenSSL 0.9.8
+MD_LEN_OFFSET = STATE_BYTES - 4
 
 
 def _load() -> ctypes.CDLL:
@@ -34,13 +34,13 @@ _lib = _load()
 class ResumableSha256:
     def __init__(self, state: str | None = None) -> None:
         if state is None:
-            self._ctx = ctypes.create_string_buffer(_CTX_SIZE)
+            self._ctx = ctypes.create_string_buffer(STATE_BYTES)
             _lib.SHA256_Init(self._ctx)
             return
         raw = bytes.fromhex(state)
-        if len(raw) != _CTX_SIZE or struct.unpack_from("=I", raw, _MD_LEN_OFFSET)[0] != 32:
+        if len(raw) != STATE_BYTES or struct.unpack_from("=I", raw, MD_LEN_OFFSET)[0] != 32:
             raise ValueError("not a saved SHA-256 state")
-        self._ctx = ctypes.create_string_buffer(raw, _CTX_SIZE)
+        self._ctx = ctypes.create_string_buffer(raw, STATE_BYTES)
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         if isinstance(data, bytes):
@@ -58,7 +58,7 @@ class ResumableSha256:
 
     def hexdigest(self) -> str:
         """The digest of everything so far; the running state is left as it is."""
-        ctx = ctypes.create_string_buffer(self._ctx.raw, _CTX_SIZE)
+        ctx = ctypes.create_string_buffer(self._ctx.raw, STATE_BYTES)
         out = ctypes.create_string_buffer(32)
         _lib.SHA256_Final(out, ctx)
         return out.raw.hex()

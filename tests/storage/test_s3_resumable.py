@@ -139,7 +139,7 @@ async def round_trip(store: S3ResumableStore, view: S3View, *, known_length: boo
     done = await store.get(state.id)
     assert done.done and done.offset == len(data)
     assert "lease" not in done.backend and "upload_id" not in done.backend
-    assert store._storage.budget.in_use == 0
+    assert store.storage.budget.in_use == 0
 
 
 @pytest.mark.parametrize("known_length", [True, False])
@@ -168,7 +168,7 @@ async def test_a_new_process_continues_the_upload(
     first = await make_store(moto_endpoint)
     state = await first.create(new_upload_state(len(data)))
     await append(first, state.id, data[: PART + 3])
-    await first._storage.close()  # the process goes away between chunks
+    await first.storage.close()  # the process goes away between chunks
 
     second = await make_store(moto_endpoint)
     state = await append(second, state.id, data[PART + 3 :])
@@ -272,7 +272,7 @@ async def test_cancelled_append_keeps_what_was_taken(
     task.cancel()  # as at shutdown
     with pytest.raises(asyncio.CancelledError):
         await task
-    await store._storage.cleanups.drain()
+    await store.storage.cleanups.drain()
     kept = await store.get(state.id)
     assert kept.offset == taken and "lease" not in kept.backend
     await append(store, state.id, data[taken:])
@@ -542,13 +542,13 @@ async def test_uploads_are_listed_and_hidden_from_the_object_listing(
     assert set(await store.upload_ids()) == ids
     listed, cursor = [], None
     while True:
-        page = await store._storage.list(limit=1, cursor=cursor)
+        page = await store.storage.list(limit=1, cursor=cursor)
         listed += [o.key for o in page.objects]
         if page.next_cursor is None:
             break
         cursor = page.next_cursor
     assert listed == ["+first", "z1", "z2"]
-    assert [o.key for o in (await store._storage.list(limit=10)).objects] == listed
+    assert [o.key for o in (await store.storage.list(limit=10)).objects] == listed
 
 
 # Parts of different sizes: PATCHes of MIN_PART_SIZE or more leave no tail.
@@ -590,7 +590,7 @@ async def check_object(store: S3ResumableStore, view: S3View, upload_id: str, da
     assert info.size == len(data) and info.sha256 == digest == view.metadata(info.key)["sha256"]
     assert view.get(info.key) == data
     assert view.internal_keys() == [state_key(upload_id)]
-    assert store._storage.budget.in_use == 0
+    assert store.storage.budget.in_use == 0
     return await store.get(upload_id)
 
 
@@ -619,7 +619,7 @@ async def test_patches_of_min_part_size_or_more_leave_no_tail(
         state = await append_announced(store, state.id, piece)
         assert "tail" not in state.backend
         assert view.internal_keys() == [state_key(state.id)]
-        assert store._storage.budget.in_use == 0
+        assert store.storage.budget.in_use == 0
     assert [size for _, _, size in state.backend["parts"]] == parts
     await check_object(store, view, state.id, data)
     assert tail_writes(layer) == []
@@ -666,7 +666,7 @@ async def test_a_restart_between_patches_of_several_part_sizes(
     state = await first.create(new_upload_state(len(data)))
     for piece in pieces[:3]:
         state = await append_announced(first, state.id, piece)
-    await first._storage.close()  # the process goes away between chunks
+    await first.storage.close()  # the process goes away between chunks
     assert [size for _, _, size in state.backend["parts"]] == [8 * MiB, PART + 3]
     assert state.backend["tail"]  # the 1 MiB
 
@@ -694,7 +694,7 @@ async def test_a_cut_off_patch_sends_what_makes_a_part(
     kept = await store.get(state.id)
     assert kept.offset == cut and "tail" not in kept.backend
     assert [size for _, _, size in kept.backend["parts"]] == [cut]
-    assert store._storage.budget.in_use == 0
+    assert store.storage.budget.in_use == 0
     for piece in chunks(data[cut:], 8 * MiB):
         await append_announced(store, state.id, piece)
     await check_object(store, view, state.id, data)
@@ -727,7 +727,7 @@ async def test_cancelled_while_a_part_waits_keeps_every_byte_taken(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await store._storage.cleanups.drain()
+    await store.storage.cleanups.drain()
     kept = await store.get(state.id)
     assert kept.offset == taken
     assert ResumableSha256(kept.sha256).hexdigest() == hashlib.sha256(data[:taken]).hexdigest()

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 class S3ResumableStore:
     def __init__(self, storage: S3Storage, lock_lease: float) -> None:
-        self._storage = storage
+        self.storage = storage  # the objects it shares a client, bucket and budget with
         self.records = UploadRecords(storage)
         self.leases = Leases(self.records, lock_lease, storage.cleanups)
 
@@ -48,7 +48,7 @@ class S3ResumableStore:
 
     async def create(self, state: UploadState) -> UploadState:
         try:
-            parts = PartLayout.for_new_upload(state.length, self._storage.cfg.part_size)
+            parts = PartLayout.for_new_upload(state.length, self.storage.cfg.part_size)
         except ValueError as exc:
             raise ObjectTooLarge(str(exc)) from None
         stored = replace(state, backend=parts.backend())
@@ -69,7 +69,7 @@ class S3ResumableStore:
         return await self.leases.holding(state).save(state)
 
     def _target(self, state: UploadState) -> UploadTarget:
-        return UploadTarget(self._storage.client, self._storage.bucket, state.key, state.content_type)
+        return UploadTarget(self.storage.client, self.storage.bucket, state.key, state.content_type)
 
     async def append(self, state: UploadState, body: UploadBody) -> UploadState:
         appending = Append(
@@ -77,10 +77,10 @@ class S3ResumableStore:
             lease=self.leases.holding(state),
             records=self.records,
             target=self._target(state),
-            budget=self._storage.budget,
-            max_concurrency=self._storage.cfg.max_concurrency,
+            budget=self.storage.budget,
+            max_concurrency=self.storage.cfg.max_concurrency,
         )
-        cleanups = self._storage.cleanups
+        cleanups = self.storage.cleanups
         try:
             await appending.take(body)
         except BaseException as exc:
@@ -103,9 +103,9 @@ class S3ResumableStore:
             lease=self.leases.holding(state),
             records=self.records,
             target=self._target(state),
-            storage=self._storage,
+            storage=self.storage,
         )
-        return await self._storage.cleanups.run(finishing)
+        return await self.storage.cleanups.run(finishing)
 
     async def terminate(self, state: UploadState) -> None:
         lease = self.leases.holding(state)
