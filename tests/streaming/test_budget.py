@@ -1,4 +1,4 @@
-"""The shared upload memory budget (proxy/storage/budget.py): waiting, FIFO, cancellation."""
+"""The shared upload memory budget (proxy/streaming/budget.py): waiting, FIFO, cancellation."""
 
 from __future__ import annotations
 

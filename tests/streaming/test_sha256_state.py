@@ -1,4 +1,4 @@
-"""SHA-256 with a saveable running state (proxy/sha256_state.py), checked against hashlib."""
+"""SHA-256 with a saveable running state (proxy/streaming/sha256_state.py), checked against hashlib."""
 
 from __future__ import annotations
 

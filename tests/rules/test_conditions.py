@@ -1,4 +1,4 @@
-"""Conditional requests (proxy/http_conditions.py): entity tags, HTTP-dates and RFC 9110 §13.2.2."""
+"""Conditional requests (proxy/rules/conditions.py): entity tags, HTTP-dates and RFC 9110 §13.2.2."""
 
 from __future__ import annotations
 

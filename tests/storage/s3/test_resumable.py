@@ -1,4 +1,4 @@
-"""Resumable uploads kept in S3 (proxy/storage/s3_resumable.py), against moto and Ceph RGW.
+"""Resumable uploads kept in S3 (proxy/storage/s3/resumable/), against moto and Ceph RGW.
 
 Every store gets its own S3Storage, as a separate proxy process would; faults and
 stalls are injected at the HTTP level by an S3Interposer in front of moto.

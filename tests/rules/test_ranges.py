@@ -1,4 +1,4 @@
-"""Range requests (proxy/http_ranges.py): RFC 9110 §14 parsing, satisfiability and multipart framing."""
+"""Range requests (proxy/rules/ranges.py): RFC 9110 §14 parsing, satisfiability and multipart framing."""
 
 from __future__ import annotations
 

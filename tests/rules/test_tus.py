@@ -1,4 +1,4 @@
-"""tus 1.0.0 header rules (proxy/tus_protocol.py): parsing, formatting, object keys.
+"""tus 1.0.0 header rules (proxy/rules/tus.py): parsing, formatting, object keys.
 
 Spec: https://tus.io/protocols/resumable-upload (core protocol and the creation and
 checksum extensions).

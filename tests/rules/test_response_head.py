@@ -1,4 +1,4 @@
-"""Response heads read off a raw connection (proxy/http_response_head.py)."""
+"""Response heads read off a raw connection (proxy/rules/response_head.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""S3 multipart part sizes (proxy/storage/part_sizing.py) against S3's limits."""
+"""S3 multipart part sizes (proxy/storage/s3/limits.py) against S3's limits."""
 
 from __future__ import annotations
 

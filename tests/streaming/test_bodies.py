@@ -1,4 +1,4 @@
-"""Body helpers (proxy/streams.py): size limits, and re-chunking while hashing."""
+"""Body helpers (proxy/streaming/bodies.py): size limits, and re-chunking while hashing."""
 
 from __future__ import annotations
 

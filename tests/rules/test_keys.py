@@ -1,4 +1,4 @@
-"""Object key rules (proxy/keys.py): what is accepted, what is refused, and why it is safe."""
+"""Object key rules (proxy/rules/keys.py): what is accepted, what is refused, and why it is safe."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import pytest
 from tusclient.client import TusClient
 
 from tests.conftest import Backend, MiB, backend_settings, free_port, start_server, wait_for_port
-from tests.handlers.test_uploads import holding_patch, open_patch, status_of
+from tests.web.test_tus import holding_patch, open_patch, status_of
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTET = {**TUS, "Content-Type": "application/offset+octet-stream"}

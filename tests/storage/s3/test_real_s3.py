@@ -16,8 +16,8 @@ from aiohttp.test_utils import TestServer
 
 from proxy.config import Config, ServerConfig, StorageConfig
 from tests.conftest import Backend, MiB, S3Endpoint, S3View, s3_config, wait_until
-from tests.handlers.test_files import PART, SIZES, chunks_of, form, payload, put_head, send_and_hang_up
 from tests.s3_interposer import S3Interposer
+from tests.web.test_files import PART, SIZES, chunks_of, form, payload, put_head, send_and_hang_up
 
 pytestmark = pytest.mark.real_s3
 
