@@ -3,7 +3,7 @@
 Through botocore a ranged GetObject costs the proxy milliseconds of CPU, and every
 body byte passes through the interpreter twice. Here the request is signed with
 botocore's own SigV4 signer and written on a socket of our own; the answer's head is
-parsed by http_response_head, and the body is left on the socket for splice.py to
+parsed by rules.response_head, and the body is left on the socket for streaming.splice to
 move to the client inside the kernel.
 
 Whatever this path does not expect (another status, no Content-Length, a failing
