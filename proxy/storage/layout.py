@@ -7,13 +7,18 @@ these keys; S3 uses them as they are.
 
 - ``tmp/``: local only. Uploads in progress, on the objects' file system so that a
   finished one is renamed into place, and resumable uploads being built or removed.
-- ``meta/<key>.json``: local only. An object's content type and SHA-256.
+- ``meta/<h2>/<h>.json``: local only. An object's content type and SHA-256, named
+  by the SHA-256 ``h`` of its key (``h2``: its first two hex digits), so that no key
+  collides with another's metadata (``a`` and ``a.json/b``) or makes a file name
+  longer than a file system takes.
 - ``uploads/<id>/``: one resumable upload. ``state.json`` on both backends; locally
   also ``data`` (the bytes so far) and ``lock``; on S3 ``tail-<token>``, the bytes
   that do not yet fill a part.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from proxy.rules.keys import INTERNAL_PREFIX
 
@@ -34,7 +39,8 @@ def is_internal(key: str) -> bool:
 
 
 def meta_key(key: str) -> str:
-    return f"{META}{key}.json"
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
+    return f"{META}{digest[:2]}/{digest}.json"
 
 
 def upload_prefix(upload_id: str) -> str:

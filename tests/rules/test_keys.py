@@ -10,7 +10,15 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from proxy.rules.keys import MAX_KEY_BYTES, InvalidKey, sanitize_filename, validate_key, validate_prefix
+from proxy.rules.keys import (
+    MAX_KEY_BYTES,
+    MAX_SEGMENT_BYTES,
+    InvalidKey,
+    sanitize_filename,
+    validate_key,
+    validate_list_prefix,
+    validate_prefix,
+)
 
 ROOT = PurePosixPath("/srv/stream-proxy/data")
 
@@ -34,7 +42,8 @@ def is_control(ch: str) -> bool:
         "with space/and-dash_and~tilde",
         "ünïcödé/日本語/файл.mp4",
         "emoji/😀.png",
-        "a" * MAX_KEY_BYTES,
+        "a" * MAX_SEGMENT_BYTES,
+        "/".join(["a" * MAX_SEGMENT_BYTES] * 4),
     ],
 )
 def test_valid_keys_are_returned_unchanged(key: str) -> None:
@@ -86,9 +95,13 @@ def test_invalid_key_is_a_value_error() -> None:
 )
 def test_length_limit_counts_utf8_bytes(unit: str, width: int) -> None:
     assert len(unit.encode("utf-8")) == width
-    # Pad with ASCII so that the key is exactly MAX_KEY_BYTES bytes long.
-    count = MAX_KEY_BYTES // width
-    exact = unit * count + "a" * (MAX_KEY_BYTES - count * width)
+    # Segments of 200 bytes (whole units padded with ASCII) and a last one that makes
+    # the key exactly MAX_KEY_BYTES bytes long, no segment longer than allowed.
+
+    def segment(size: int) -> str:
+        return unit * (size // width) + "a" * (size % width)
+
+    exact = "/".join([segment(200)] * 4 + [segment(MAX_KEY_BYTES - 4 * 201)])
     assert len(exact.encode("utf-8")) == MAX_KEY_BYTES
     assert validate_key(exact) == exact
 
@@ -205,6 +218,72 @@ def test_prefix_is_valid_exactly_when_it_is_a_valid_key_plus_slash(key: str) -> 
         assert not accepted(key)
     else:
         assert accepted(key)
+
+
+@pytest.mark.parametrize(("unit", "width"), [("a", 1), ("é", 2), ("€", 3), ("😀", 4)])
+def test_segment_limit_counts_utf8_bytes(unit: str, width: int) -> None:
+    # The local backend stores every segment as a file name: 255 bytes at most.
+    fits = unit * (MAX_SEGMENT_BYTES // width)
+    assert validate_key(f"dir/{fits}/x") == f"dir/{fits}/x"
+    over = fits + unit * (1 + (MAX_SEGMENT_BYTES - len(fits.encode("utf-8"))) // width)
+    assert len(over.encode("utf-8")) > MAX_SEGMENT_BYTES
+    for key in (over, f"dir/{over}", f"{over}/x"):
+        with pytest.raises(InvalidKey, match="segment is at most"):
+            validate_key(key)
+
+
+# --- validate_list_prefix -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    ["", "a", "a/", "a/b", "vid", "videos/2024/clip", "..a", "a/..", "a/.", ".", "..", "日本/ファ", "a/.hid"],
+)
+def test_list_prefixes_that_name_a_place_inside(prefix: str) -> None:
+    assert validate_list_prefix(prefix) == prefix
+
+
+@pytest.mark.parametrize(
+    ("prefix", "reason"),
+    [
+        ("../../../../etc/ho", "'..'"),
+        ("../", "'..'"),
+        ("a/../b", "'..'"),
+        ("./a", "'.'"),
+        ("//etc", "start with '/'"),
+        ("/etc/ho", "start with '/'"),
+        ("a//b", "empty"),
+        ("a\\..\\b", "backslash"),
+        ("a\x00", "control"),
+        (".stream-proxy/", "reserved"),
+        (".stream-proxy/uploads/", "reserved"),
+        ("x" * (MAX_KEY_BYTES + 1), "bytes long"),
+        ("x" * (MAX_SEGMENT_BYTES + 1), "segment is at most"),
+    ],
+)
+def test_list_prefixes_that_would_leave_the_storage_are_refused(prefix: str, reason: str) -> None:
+    with pytest.raises(InvalidKey, match=reason):
+        validate_list_prefix(prefix)
+
+
+@given(key_like, st.integers(min_value=0, max_value=2000))
+def test_every_start_of_a_valid_key_is_a_valid_list_prefix(key: str, cut: int) -> None:
+    if not accepted(key):
+        return
+    assert validate_list_prefix(key[:cut]) == key[:cut]
+
+
+@given(key_like)
+def test_a_valid_list_prefix_names_a_folder_inside_the_root(prefix: str) -> None:
+    try:
+        validate_list_prefix(prefix)
+    except InvalidKey:
+        return
+    # The folder a local listing walks: the prefix's complete segments.
+    folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+    assert folder == "" or validate_key(folder) == folder
+    resolved = ROOT.joinpath(folder)
+    assert resolved == ROOT or ROOT in resolved.parents
 
 
 # --- sanitize_filename ----------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 ``root/<key>`` holds the bytes. The backend's own files (storage.layout) live under
 the reserved first segment: uploads in progress in ``tmp/``, on the same filesystem
 so that publishing one is an atomic rename, and each object's content type and
-SHA-256 in ``meta/<key>.json``. A metadata file records the inode, size and mtime of
+SHA-256 in ``meta/`` (named by the key's hash). A metadata file records the inode, size and mtime of
 the data file it describes and is ignored if they no longer match, so a reader never
 pairs one version's bytes with another's metadata. Every path comes from LocalPaths.
 
@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from proxy.rules.keys import INTERNAL_PREFIX
+from proxy.rules.keys import INTERNAL_PREFIX, is_valid_key, validate_list_prefix
 from proxy.storage.base import KeyConflict, ObjectInfo, ObjectNotFound, ObjectPage, StorageError
 from proxy.storage.local.files import WRITE_BLOCK, BlockWriter, fsync_dir, local_etag, write_synced
 from proxy.storage.local.paths import LocalPaths
@@ -177,26 +177,14 @@ class LocalStorage:
         )
 
     def _stat(self, key: str) -> ObjectInfo:
-        path = self.paths.object(key)
-        try:
-            self.paths.check_inside(path)
-            st = path.stat()
-        except (FileNotFoundError, NotADirectoryError):
-            raise ObjectNotFound(key) from None
-        if not path.is_file():
-            raise ObjectNotFound(key)
+        _, st = self.paths.existing_file(key)
         return self._info(key, st, self._read_meta(key, st))
 
     async def stat(self, key: str, *, recent: bool = False) -> ObjectInfo:
         return await _run(self._stat, key)
 
     def _open_checked(self, key: str, etag: str | None) -> BinaryIO:
-        path = self.paths.object(key)
-        self.paths.check_inside(path)
-        try:
-            fh = open(path, "rb")  # noqa: SIM115 - the caller closes it
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise ObjectNotFound(key) from None
+        fh = self.paths.open_existing(key)
         if etag is not None and local_etag(os.fstat(fh.fileno())) != etag:
             fh.close()
             raise ObjectNotFound(key)
@@ -227,10 +215,9 @@ class LocalStorage:
     # -- delete and list -----------------------------------------------------
 
     def _delete(self, key: str) -> None:
+        self.paths.existing_file(key)
+        # The key's own name goes, whatever a symlink there pointed at.
         path = self.paths.object(key)
-        self.paths.check_inside(path)
-        if not path.is_file():
-            raise ObjectNotFound(key)
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -254,9 +241,13 @@ class LocalStorage:
         await _run(self._delete, key)
 
     def _list(self, prefix: str, limit: int, cursor: str | None) -> ObjectPage:
-        # Walk only the directory the prefix names.
+        validate_list_prefix(prefix)
+        # Walk only the directory the prefix names, and only if it is inside the root
+        # (a symlinked directory could lead anywhere; below it, links are not followed).
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start_dir = self.root / base
+        if base and self.root not in Path(os.path.realpath(start_dir)).parents:
+            return ObjectPage([], None)
         keys: list[str] = []
         for dirpath, dirnames, filenames in os.walk(start_dir):
             rel_dir = os.path.relpath(dirpath, self.root)
@@ -265,7 +256,7 @@ class LocalStorage:
                 rel_dir = ""
             for name in filenames:
                 key = f"{rel_dir}/{name}" if rel_dir else name
-                if key.startswith(prefix) and (cursor is None or key > cursor):
+                if key.startswith(prefix) and (cursor is None or key > cursor) and is_valid_key(key):
                     keys.append(key)
         keys.sort()  # code point order is UTF-8 byte order, as S3 lists
         objects = []

@@ -1,19 +1,30 @@
 """Every path the local backend uses, made from keys and upload ids in one place.
 
 A key becomes a path only through ``object()``, which validates it (rules.keys), and
-the backend's own files only through the reserved layout (storage.layout).
-``check_inside`` guards the one thing validation cannot see: a symlinked directory
-under the root that leads outside it.
+the backend's own files only through the reserved layout (storage.layout). What
+validation cannot see is what is on disk: symlinks placed under the root. Every read
+of an object goes through ``existing_file`` or ``open_existing``, the one check
+point: the whole path is resolved, and it must end inside the root, outside the
+backend's own directory, at a regular file; anything else is ObjectNotFound. Writes
+go through ``check_inside``: the directory a file is renamed into must resolve
+inside the root (a rename replaces a symlink at the key itself, never its target).
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 from proxy.rules.keys import InvalidKey, validate_key
 from proxy.storage import layout
+from proxy.storage.base import ObjectNotFound
 from proxy.storage.resumable import UPLOAD_ID
+
+# Never follow a symlink that appears after the check; never wait on a FIFO.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class LocalPaths:
@@ -27,6 +38,32 @@ class LocalPaths:
         """The data file of ``key``; refuses keys that would escape the root or use
         the backend's own directory."""
         return self.root / validate_key(key)
+
+    def existing_file(self, key: str) -> tuple[Path, os.stat_result]:
+        """The regular file that holds ``key``, resolved, and its stat; ObjectNotFound
+        unless the whole path ends inside the root, at a name that is a valid key, on
+        a regular file. Blocking."""
+        real = Path(os.path.realpath(self.object(key)))
+        try:
+            validate_key(str(real.relative_to(self.root)))
+            st = os.stat(real)
+        except (ValueError, OSError):  # outside the root, internal, or not there
+            raise ObjectNotFound(key) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ObjectNotFound(key)
+        return real, st
+
+    def open_existing(self, key: str) -> BinaryIO:
+        """``existing_file`` opened for reading, checked again on the descriptor. Blocking."""
+        real, _ = self.existing_file(key)
+        try:
+            fd = os.open(real, _OPEN_FLAGS)
+        except OSError:  # gone, or replaced by a symlink since the check
+            raise ObjectNotFound(key) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ObjectNotFound(key)
+        return os.fdopen(fd, "rb")
 
     def meta_of(self, key: str) -> Path:
         """The metadata file of ``key``, a key already validated."""
@@ -45,8 +82,8 @@ class LocalPaths:
         return self.root / layout.upload_prefix(upload_id)
 
     def check_inside(self, path: Path) -> None:
-        # Keys are validated, but a symlinked directory under the root could still
-        # lead outside it.
+        """Refuse to write ``path`` if its directory, through a symlink, leads outside
+        the root."""
         parent = path.parent.resolve()
         if parent != self.root and self.root not in parent.parents:
             raise InvalidKey("key resolves outside the storage root")

@@ -12,7 +12,7 @@ import aioboto3
 from botocore.config import Config as BotoConfig
 
 from proxy.config import S3Config
-from proxy.rules.keys import validate_key
+from proxy.rules.keys import validate_key, validate_list_prefix
 from proxy.storage import layout
 from proxy.storage.base import BodyRelay, ObjectInfo, ObjectPage
 from proxy.storage.s3.errors import quoted_etag, upstream
@@ -186,6 +186,7 @@ class S3Storage:
         await upstream(self.client.delete_object(Bucket=self.bucket, Key=key))
 
     async def list(self, prefix: str = "", limit: int = 1000, cursor: str | None = None) -> ObjectPage:
+        validate_list_prefix(prefix)
         objects: list[ObjectInfo] = []
         start_after = cursor
         while True:
