@@ -20,6 +20,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from proxy.rules.keys import validate_list_prefix
+from proxy.rules.origins import is_origin
 from proxy.rules.tus import validate_key_template
 
 ENV_PREFIX = "STREAM_PROXY_"
@@ -75,6 +77,13 @@ class ServerConfig:
     # Seconds an S3 download waits for its client to take more bytes before the
     # connection is closed (0: no limit): a paused player must not hold S3 forever.
     send_timeout: float = 60.0
+    # Key prefixes whose HTML, SVG, XML and JavaScript are served inline, as a web
+    # site's would be; elsewhere such objects go out as sandboxed downloads, so that
+    # an uploaded page cannot run its script on this server's origin.
+    inline_prefixes: tuple[str, ...] = ()
+    # Origins (scheme://host[:port]) of other sites whose pages may send PUT, POST,
+    # PATCH and DELETE here; pages of the server's own origin always may.
+    allowed_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -225,6 +234,12 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
             if not isinstance(value, str):
                 raise ValueError(f"expected a path string, got {value!r}")
             return Path(value)
+        if target == tuple[str, ...]:
+            # A TOML list, or from the environment a comma-separated string.
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+                raise ValueError(f"expected a list of strings, got {value!r}")
+            return tuple(i.strip() for i in items if i.strip() or not isinstance(value, str))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{name}: {exc}") from None
     raise ConfigError(f"{name}: unsupported setting type {hint!r}")
@@ -299,3 +314,11 @@ def _validate(config: Config) -> None:
         validate_key_template(tus.key_template)
     except ValueError as exc:
         raise ConfigError(f"tus.key_template: {exc}") from None
+    for prefix in server.inline_prefixes:
+        try:
+            validate_list_prefix(prefix)
+        except ValueError as exc:
+            raise ConfigError(f"server.inline_prefixes: {prefix!r}: {exc}") from None
+    for origin in server.allowed_origins:
+        if not is_origin(origin):
+            raise ConfigError(f"server.allowed_origins: {origin!r} is not scheme://host[:port]")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy.rules.conditions import evaluate_preconditions, format_http_date, if_range_allows_partial
-from proxy.rules.content_types import served_content_type
+from proxy.rules.content_types import safety_headers, served_content_type
 from proxy.rules.ranges import (
     ByteRange,
     PartialBody,
@@ -73,11 +73,10 @@ async def answer(
 
     decision: RangeResult = WholeBody()
     range_header = request.headers.get("Range")
-    # Range only means something for GET (RFC 9110 §14.2); If-Range can veto it.
-    if (
-        request.method == "GET"
-        and range_header is not None
-        and if_range_allows_partial(request.headers.get("If-Range"), info.etag, info.last_modified)
+    # Range only means something for GET (RFC 9110 §14.2), and HEAD answers with the
+    # head GET would have (§9.3.2); If-Range can veto it.
+    if range_header is not None and if_range_allows_partial(
+        request.headers.get("If-Range"), info.etag, info.last_modified
     ):
         decision = parse_range(range_header, info.size, max_ranges=settings.max_ranges)
     if isinstance(decision, Unsatisfiable):
@@ -92,6 +91,7 @@ async def answer(
 
     headers["Accept-Ranges"] = "bytes"
     content_type = served_content_type(info.content_type, info.key)
+    headers.update(safety_headers(content_type, info.key, settings.inline_prefixes))
     response = web.StreamResponse(headers=headers)
     parts: list[tuple[bytes, ByteRange]]
     closing = b""

@@ -1,4 +1,9 @@
-"""Every error leaves the proxy as JSON: {"error": "...", "message": "..."}."""
+"""Every error leaves the proxy as JSON: {"error": "...", "message": "...", "request_id": "..."}.
+
+A client is told what it did wrong, or, when the server or the storage failed, only
+that it did: the details (an endpoint, a bucket, an internal key, a traceback) go to
+the log, under the request's id, never into the answer.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,13 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.rules.content_types import InvalidContentType
 from proxy.rules.keys import InvalidKey
 from proxy.rules.tus import TusHeaderError
 from proxy.storage.base import KeyConflict, ObjectNotFound, ObjectTooLarge, UpstreamError
 from proxy.storage.resumable import ChecksumMismatch, UploadLocked, UploadNotFound
 from proxy.streaming.bodies import BodyTooLarge
+from proxy.web.common_headers import request_id
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -28,6 +35,8 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers or {}
         self.extra = extra
+        # What the log says of a server-side failure; the client sees only ``message``.
+        self.detail = message
 
 
 def json_error(
@@ -41,6 +50,7 @@ def json_error(
 # their answers: status, error, and the message with the exception's text as {}.
 _MAPPED: list[tuple[type[Exception], int, str, str]] = [
     (InvalidKey, 400, "invalid_key", "{}"),
+    (InvalidContentType, 400, "invalid_content_type", "{}"),
     (TusHeaderError, 400, "invalid_header", "{}"),
     (ObjectNotFound, 404, "not_found", "no object at {}"),
     (UploadNotFound, 404, "not_found", "no upload {}"),
@@ -50,7 +60,7 @@ _MAPPED: list[tuple[type[Exception], int, str, str]] = [
     (UploadLocked, 423, "locked", "{}"),
     # tus's status for a chunk that does not match its Upload-Checksum.
     (ChecksumMismatch, 460, "checksum_mismatch", "{}"),
-    (UpstreamError, 502, "upstream_error", "{}"),
+    (UpstreamError, 502, "upstream_error", "the storage service failed"),
     # The client went away mid-body: nobody reads the answer, but it is no server error.
     (ConnectionResetError, 400, "client_disconnected", "{}"),
 ]
@@ -61,8 +71,29 @@ def to_api_error(exc: Exception) -> ApiError | None:
         return exc
     for cls, status, error, message in _MAPPED:
         if isinstance(exc, cls):
-            return ApiError(status, error, message.format(exc))
+            api = ApiError(status, error, message.format(exc))
+            api.detail = str(exc)
+            return api
     return None
+
+
+def error_response(request: web.BaseRequest, exc: Exception) -> web.Response | None:
+    """The JSON answer to ``exc``, or None if it is no error a client can be told of
+    (the caller re-raises it, and the middleware answers 500)."""
+    rid = request_id(request)
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            return None
+        response = json_error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason, request_id=rid)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    api = to_api_error(exc)
+    if api is None:
+        return None
+    if api.status >= 500:
+        log.warning("%s %s [%s]: %s", request.method, request.path, rid, api.detail)
+    return json_error(api.status, api.error, api.message, headers=api.headers, request_id=rid, **api.extra)
 
 
 @web.middleware
@@ -70,17 +101,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        if exc.status < 400:
+        response = error_response(request, exc)
+        if response is None:
             raise
-        response = json_error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
-        if "Allow" in exc.headers:
-            response.headers["Allow"] = exc.headers["Allow"]
         return response
     except Exception as exc:
-        api = to_api_error(exc)
-        if api is None:
-            log.exception("unhandled error on %s %s", request.method, request.path)
-            return json_error(500, "internal_error", "the server failed; see its log")
-        if api.status >= 500:
-            log.warning("%s %s: %s", request.method, request.path, api.message)
-        return json_error(api.status, api.error, api.message, headers=api.headers, **api.extra)
+        response = error_response(request, exc)
+        if response is None:
+            log.exception("unhandled error on %s %s [%s]", request.method, request.path, request_id(request))
+            return json_error(500, "internal_error", "the server failed", request_id=request_id(request))
+        return response

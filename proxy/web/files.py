@@ -10,13 +10,16 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import MultipartReader
 
 from proxy.rules.content_types import content_type_for
-from proxy.rules.keys import InvalidKey, sanitize_filename, validate_key, validate_prefix
+from proxy.rules.keys import sanitize_filename, validate_key, validate_prefix
 from proxy.streaming.bodies import BodyTooLarge, limited
 from proxy.web.errors import ApiError, to_api_error
 from proxy.web.requests import object_key, request_chunks, within_upload_limit
 from proxy.web.settings import MAX_UPLOAD, STORAGE
 
 READ_CHUNK = 256 * 1024
+# Parsing a part costs far more than its bytes: thousands of tiny fields must not
+# keep a request busy for seconds.
+MAX_FORM_PARTS = 1000
 # What aiohttp's multipart parser raises on a malformed body.
 MULTIPART_ERRORS = (ValueError, AssertionError, KeyError, HttpProcessingError)
 
@@ -40,54 +43,68 @@ async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def put_file(request: web.Request) -> web.Response:
+def check_put(request: web.Request) -> None:
+    """What a PUT must pass before its body is read: key, announced size, content type."""
     key = object_key(request)
+    _check_announced_size(request)
+    content_type_for(request.headers.get("Content-Type"), key)
+
+
+def check_post(request: web.Request) -> None:
+    """What a POST must pass before its body is read: folder, announced size, body type."""
+    validate_prefix(request.match_info.get("prefix", ""))
+    _check_announced_size(request)
+    if not request.content_type.startswith("multipart/form-data"):
+        raise ApiError(415, "unsupported_media_type", "POST needs a multipart/form-data body")
+
+
+def _check_announced_size(request: web.Request) -> None:
     limit = request.app[MAX_UPLOAD]
-    size = request.content_length
-    if limit and size is not None and size > limit:
+    if limit and request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(limit)
-    declared = request.headers.get("Content-Type")
+
+
+async def put_file(request: web.Request) -> web.Response:
+    check_put(request)
+    key = object_key(request)
     info = await request.app[STORAGE].write(
         key,
         within_upload_limit(request, request_chunks(request)),
-        content_type=content_type_for(declared, key),
-        size=size,
+        content_type=content_type_for(request.headers.get("Content-Type"), key),
+        size=request.content_length,
     )
     return web.json_response(info.as_json(), status=201)
 
 
 async def post_files(request: web.Request) -> web.Response:
+    check_post(request)
     prefix = request.match_info.get("prefix", "")
-    try:
-        validate_prefix(prefix)
-    except InvalidKey as exc:
-        raise ApiError(400, "invalid_key", str(exc)) from None
-    if not request.content_type.startswith("multipart/form-data"):
-        raise ApiError(415, "unsupported_media_type", "POST needs a multipart/form-data body")
     try:
         reader = await request.multipart()
     except MULTIPART_ERRORS as exc:
         raise bad_multipart(exc) from None
     storage = request.app[STORAGE]
     stored: list[dict[str, object]] = []
-    # One limit for the whole request body, however many files it holds.
-    remaining = request.app[MAX_UPLOAD]
+    # One limit for all the parts of the body, fields as well as files.
+    limit = request.app[MAX_UPLOAD]
+    used = 0
     try:
-        async for part in _parts(reader):
+        async for number, part in _parts(reader):
+            if number > MAX_FORM_PARTS:
+                raise ApiError(400, "too_many_parts", f"a POST holds at most {MAX_FORM_PARTS} parts")
+            body: AsyncIterator[bytes] = _part_chunks(part)
+            if limit:
+                body = limited(body, limit - used)
             if part.filename is None:
-                await part.release()
+                used += sum([len(chunk) async for chunk in body])  # a field: read past it
                 continue
             # Browsers percent-encode '"', CR and LF in filenames, aiohttp's client
             # everything: decoding escapes reads both; a lone '%' stays as it is.
             key = validate_key(prefix + sanitize_filename(unquote(part.filename)))
-            body: AsyncIterator[bytes] = _part_chunks(part)
-            if remaining:
-                body = limited(body, remaining)
             info = await storage.write(
                 key, body, content_type=content_type_for(part.headers.get("Content-Type"), key)
             )
-            if remaining:
-                remaining = max(1, remaining - info.size)
+            used += info.size
             stored.append(info.as_json())
     except Exception as exc:
         # Files before the failing one are complete objects and stay: say which.
@@ -101,7 +118,9 @@ async def post_files(request: web.Request) -> web.Response:
     return web.json_response({"files": stored}, status=201)
 
 
-async def _parts(reader: MultipartReader) -> AsyncIterator[BodyPartReader]:
+async def _parts(reader: MultipartReader) -> AsyncIterator[tuple[int, BodyPartReader]]:
+    """The parts of the body, numbered from 1."""
+    number = 0
     while True:
         try:
             part = await reader.next()
@@ -111,7 +130,8 @@ async def _parts(reader: MultipartReader) -> AsyncIterator[BodyPartReader]:
             return
         if not isinstance(part, BodyPartReader):
             raise ApiError(400, "bad_multipart", "nested multipart bodies are not supported")
-        yield part
+        number += 1
+        yield number, part
 
 
 async def delete_file(request: web.Request) -> web.Response:

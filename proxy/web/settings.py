@@ -18,6 +18,7 @@ class DownloadSettings:
     cache_control: str
     max_ranges: int
     send_timeout: float | None = None
+    inline_prefixes: tuple[str, ...] = ()  # keys whose active content is served inline
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ MAX_UPLOAD: web.AppKey[int] = web.AppKey("max_upload_bytes", int)
 DOWNLOADS: web.AppKey[DownloadSettings] = web.AppKey("downloads", DownloadSettings)
 TUS: web.AppKey[TusSettings] = web.AppKey("tus", TusSettings)
 SWEEP_INTERVAL: web.AppKey[float] = web.AppKey("sweep_interval", float)
+ALLOWED_ORIGINS: web.AppKey[tuple[str, ...]] = web.AppKey("allowed_origins", tuple)
 
 
 def install(app: web.Application, config: Config, backend: Backend) -> None:
@@ -46,6 +48,7 @@ def install(app: web.Application, config: Config, backend: Backend) -> None:
         cache_control=config.server.cache_control,
         max_ranges=config.server.max_ranges,
         send_timeout=config.server.send_timeout or None,
+        inline_prefixes=config.server.inline_prefixes,
     )
     app[TUS] = TusSettings(
         key_template=config.tus.key_template,
@@ -53,3 +56,4 @@ def install(app: web.Application, config: Config, backend: Backend) -> None:
         max_size=config.server.max_upload_bytes,
     )
     app[SWEEP_INTERVAL] = config.tus.sweep_interval
+    app[ALLOWED_ORIGINS] = config.server.allowed_origins

@@ -48,25 +48,42 @@ def tus_endpoint(handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             if request.method != "OPTIONS":
-                version = request.headers.get("Tus-Resumable")
-                if version not in SUPPORTED_VERSIONS:
-                    raise ApiError(
-                        412,
-                        "unsupported_version",
-                        f"Tus-Resumable must be one of {', '.join(SUPPORTED_VERSIONS)}, got {version!r}",
-                        headers={"Tus-Version": ",".join(SUPPORTED_VERSIONS)},
-                    )
+                _check_version(request)
             response = await handler(request)
         except Exception as exc:
-            api = to_api_error(exc)
-            if api is None:
-                raise
-            api.headers["Tus-Resumable"] = TUS_VERSION
-            raise api from exc
+            raise _with_tus_headers(exc) from exc
         response.headers["Tus-Resumable"] = TUS_VERSION
         return response
 
     return wrapped
+
+
+def check_body(request: web.Request) -> None:
+    """What a request that carries bytes of an upload must pass before they are sent."""
+    try:
+        _check_version(request)
+        _check_content_type(request, required=request.method == "PATCH")
+    except Exception as exc:
+        raise _with_tus_headers(exc) from exc
+
+
+def _check_version(request: web.Request) -> None:
+    version = request.headers.get("Tus-Resumable")
+    if version not in SUPPORTED_VERSIONS:
+        raise ApiError(
+            412,
+            "unsupported_version",
+            f"Tus-Resumable must be one of {', '.join(SUPPORTED_VERSIONS)}, got {version!r}",
+            headers={"Tus-Version": ",".join(SUPPORTED_VERSIONS)},
+        )
+
+
+def _with_tus_headers(exc: Exception) -> Exception:
+    api = to_api_error(exc)
+    if api is None:
+        return exc
+    api.headers["Tus-Resumable"] = TUS_VERSION
+    return api
 
 
 def _upload_id(request: web.Request) -> str:
@@ -111,6 +128,10 @@ async def options(request: web.Request) -> web.Response:
 async def create(request: web.Request) -> web.Response:
     settings = request.app[TUS]
     store = request.app[UPLOADS]
+    if "Upload-Concat" in request.headers:
+        # Not offered (Tus-Extension says so): a partial upload must not become an
+        # object of its own as if it were whole.
+        raise ApiError(400, "concatenation_not_supported", "this server does not offer tus concatenation")
     length = parse_uint(request.headers.get("Upload-Length"), "Upload-Length")
     deferred = parse_defer_length(request.headers.get("Upload-Defer-Length"))
     if (length is None) == (not deferred):

@@ -31,7 +31,7 @@ import re
 import shutil
 import struct
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -269,7 +269,9 @@ async def test_browser_plays_and_seeks(
     data = videos[variant.name].read_bytes()
     key = f"videos/{variant.name}"
 
-    client = await proxy_client(backend.config)
+    # The page that plays the video is itself stored here: served inline as a site's.
+    server = replace(backend.config.server, inline_prefixes=("pages/",))
+    client = await proxy_client(replace(backend.config, server=server))
     put = await client.put(f"/files/{key}", data=data, headers={"Content-Type": variant.content_type})
     assert put.status == 201, await put.text()
     page_key = f"pages/{variant.name}.html"
