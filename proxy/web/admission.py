@@ -28,7 +28,9 @@ def admit(request: web.Request) -> None:
     if request.get(_ADMITTED):
         return
     if request.version not in (HttpVersion10, HttpVersion11):
-        raise ApiError(505, "http_version_not_supported", "this server speaks HTTP/1.0 and HTTP/1.1")
+        raise ApiError(
+            505, "http_version_not_supported", "this server speaks HTTP/1.0 and HTTP/1.1", close=True
+        )
     own_origin = f"{request.scheme}://{request.host}"
     if not write_allowed(
         request.method,

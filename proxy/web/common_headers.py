@@ -22,8 +22,11 @@ def request_id(request: web.BaseRequest) -> str:
     return made
 
 
+def common_headers(request: web.BaseRequest) -> dict[str, str]:
+    return {"Server": SERVER, "X-Content-Type-Options": "nosniff", "X-Request-ID": request_id(request)}
+
+
 async def add_common_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """An on_response_prepare signal: runs for every answer before its head is sent."""
-    response.headers["Server"] = SERVER
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["X-Request-ID"] = request_id(request)
+    """An on_response_prepare signal: runs for every answer the application makes,
+    before its head is sent (the server's own answers add them themselves)."""
+    response.headers.update(common_headers(request))

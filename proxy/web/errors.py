@@ -27,9 +27,18 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 class ApiError(Exception):
     def __init__(
-        self, status: int, error: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+        self,
+        status: int,
+        error: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        close: bool = False,
+        **extra: Any,
     ) -> None:
         super().__init__(message)
+        # The connection cannot go on after this answer (its framing is not to be trusted).
+        self.close = close
         self.status = status
         self.error = error
         self.message = message
@@ -91,9 +100,14 @@ def error_response(request: web.BaseRequest, exc: Exception) -> web.Response | N
     api = to_api_error(exc)
     if api is None:
         return None
-    if api.status >= 500:
+    if api.status >= 500 and api.status != 505:
         log.warning("%s %s [%s]: %s", request.method, request.path, rid, api.detail)
-    return json_error(api.status, api.error, api.message, headers=api.headers, request_id=rid, **api.extra)
+    response = json_error(
+        api.status, api.error, api.message, headers=api.headers, request_id=rid, **api.extra
+    )
+    if api.close:
+        response.force_close()
+    return response
 
 
 @web.middleware
