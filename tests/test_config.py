@@ -354,3 +354,27 @@ def test_server_timeouts_must_be_finite_non_negative_numbers(setting: str, value
 def test_send_timeout_defaults_to_a_minute_and_may_be_turned_off() -> None:
     assert load_config(None, {}).server.send_timeout == 60
     assert load_config(None, {"STREAM_PROXY_SERVER_SEND_TIMEOUT": "0"}).server.send_timeout == 0
+
+
+def test_lists_come_from_toml_or_comma_separated_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\ninline_prefixes = ["site/", "docs/"]\nallowed_origins = []\n')
+    config = load_config(path, {})
+    assert config.server.inline_prefixes == ("site/", "docs/")
+    assert config.server.allowed_origins == ()
+    env = {"STREAM_PROXY_SERVER_ALLOWED_ORIGINS": "https://a.example, http://b.example:8080,"}
+    assert load_config(path, env).server.allowed_origins == ("https://a.example", "http://b.example:8080")
+    assert load_config(path, {"STREAM_PROXY_SERVER_INLINE_PREFIXES": ""}).server.inline_prefixes == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "setting"),
+    [
+        ('[server]\ninline_prefixes = "site/"\n', "server.inline_prefixes"),
+        ("[server]\ninline_prefixes = [1]\n", "server.inline_prefixes"),
+        ('[server]\ninline_prefixes = ["../"]\n', "server.inline_prefixes"),
+        ('[server]\nallowed_origins = ["https://a.example/path"]\n', "server.allowed_origins"),
+        ('[server]\nallowed_origins = ["*"]\n', "server.allowed_origins"),
+    ],
+)
+def test_bad_lists_name_the_setting(tmp_path: Path, text: str, setting: str) -> None:
+    assert setting in config_error(write(tmp_path, text))

@@ -15,7 +15,7 @@ import re
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _ORIGIN = re.compile(
-    r"(?P<scheme>https?)://(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?"
+    r"(?P<scheme>https?)://(?P<host>[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{1,5}))?", re.IGNORECASE
 )
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 
