@@ -369,7 +369,6 @@ def test_lists_come_from_toml_or_comma_separated_environment(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("text", "setting"),
     [
-        ('[server]\ninline_prefixes = "site/"\n', "server.inline_prefixes"),
         ("[server]\ninline_prefixes = [1]\n", "server.inline_prefixes"),
         ('[server]\ninline_prefixes = ["../"]\n', "server.inline_prefixes"),
         ('[server]\nallowed_origins = ["https://a.example/path"]\n', "server.allowed_origins"),
