@@ -46,6 +46,41 @@ def test_missing_config_file() -> None:
     assert result.returncode == 2 and "/nonexistent.toml" in result.stderr
 
 
+def assert_one_line_start_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    # The log may say what was started; the error itself is one line, and no traceback.
+    errors = [line for line in result.stderr.splitlines() if line.startswith("stream-proxy: ")]
+    assert len(errors) == 1, result.stderr
+    assert all(word in errors[0] for word in words), errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_port_in_use_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"STREAM_PROXY_STORAGE_LOCAL_ROOT": str(tmp_path / "data")}
+        result = run_cli("serve", "--config", "config.toml", "--port", str(port), env=env)
+    assert_one_line_start_error(result, f"127.0.0.1:{port}", "in use", "server.port")
+
+
+def test_a_host_that_does_not_resolve_is_one_line(tmp_path: Path) -> None:
+    env = {"STREAM_PROXY_STORAGE_LOCAL_ROOT": str(tmp_path / "data")}
+    result = run_cli("serve", "--config", "config.toml", "--host", "no-such-host.invalid", env=env)
+    assert_one_line_start_error(result, "no-such-host.invalid", "server.host")
+
+
+def test_a_storage_root_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    env = {"STREAM_PROXY_STORAGE_LOCAL_ROOT": str(blocker / "data")}
+    result = run_cli("serve", "--config", "config.toml", "--port", str(free_port()), env=env)
+    assert_one_line_start_error(result, "storage", "storage.local.root")
+
+
 async def test_shutdown_mid_upload_leaves_nothing(backend: Backend) -> None:
     port = free_port()
     proc = await start_server(port, server_shutdown_timeout="1", **backend_settings(backend))
