@@ -1,4 +1,7 @@
-"""Resumable uploads in the local backend: real files, restarts, cut-off chunks, locks."""
+"""Resumable uploads in the local backend: what is on disk, crashes, locks between processes.
+
+The promises every backend keeps are tested in tests/storage/contract/.
+"""
 
 from __future__ import annotations
 
@@ -30,12 +33,8 @@ from proxy.storage.resumable import (
     UploadNotFound,
     UploadState,
 )
-from proxy.streaming.bodies import BodyTooLarge
-from proxy.streaming.sha256_state import ResumableSha256
 from tests.conftest import LocalView, MiB, agen, new_upload_state
 
-# Sizes that fill no block evenly, around the 1 MiB write block.
-PIECES = [1, 4095, MiB + 7, 3, 2 * MiB - 1]
 HOLD_FLOCK = """
 import fcntl, os, sys
 fd = os.open(sys.argv[1], os.O_RDONLY)
@@ -103,112 +102,26 @@ def leave_junk(root: Path, upload_id: str, junk: bytes) -> None:
         fh.write(junk)
 
 
-def split(data: bytes, sizes: list[int]) -> list[bytes]:
-    pieces, start = [], 0
-    for size in sizes:
-        pieces.append(data[start : start + size])
-        start += size
-    return pieces
-
-
-async def test_pieces_of_odd_sizes_become_the_object(store: LocalResumableStore, root: Path) -> None:
-    data = payload(sum(PIECES))
-    state = await store.create(new_upload_state(length=len(data)))
-    assert await store.upload_ids() == [state.id]
-    offset = 0
-    for piece in split(data, PIECES):
-        # Each request's body arrives in network chunks of its own odd size.
-        state = await append(
-            store, state.id, agen([piece[i : i + 65_537] for i in range(0, len(piece), 65_537)])
-        )
-        offset += len(piece)
-        assert state.offset == offset
-        assert await store.get(state.id) == state
-    assert LocalView(root).keys() == []  # nothing is visible before finish
-
-    async with store.lock(state.id) as held:
-        info = await store.finish(held)
-    view = LocalView(root)
-    assert view.get("videos/clip.mp4") == data
-    assert info.sha256 == hashlib.sha256(data).hexdigest() == view.metadata("videos/clip.mp4")["sha256"]
-    assert info.size == len(data) and info.content_type == "video/mp4"
-    assert view.metadata("videos/clip.mp4")["content_type"] == "video/mp4"
-    # Only a small done state stays, so that HEAD still answers, until terminate or expiry.
-    done = await store.get(state.id)
-    assert done.done and done.offset == len(data)
-    assert not (upload_dir(root, state.id) / "data").exists()
-    assert view.leftovers() == [f"upload {state.id}"]
-    async with store.lock(state.id) as held:
-        await store.terminate(held)
-    assert view.leftovers() == []
-    assert view.keys() == ["videos/clip.mp4"]
-
-
-async def test_empty_upload(store: LocalResumableStore, root: Path) -> None:
-    state = await store.create(new_upload_state(key="empty", length=0))
-    async with store.lock(state.id) as held:
-        info = await store.finish(held)
-    assert info.sha256 == hashlib.sha256(b"").hexdigest()
-    assert LocalView(root).get("empty") == b""
-
-
-async def test_restart_and_a_second_process_continue_the_upload(root: Path) -> None:
-    data = payload(3 * MiB + 11, seed=3)
-    first, second, third = split(data, [MiB + 1, 5, 2 * MiB + 5])
-    async with opened(root) as store:
-        state = await store.create(new_upload_state(length=len(data)))
-        await append(store, state.id, agen([first]))
-
-    # A new process finds the state and continues, and another one sharing the
-    # directory takes the chunk after that.
-    async with opened(root) as restarted, opened(root) as other:
-        assert (await restarted.get(state.id)).offset == len(first)
-        await append(restarted, state.id, agen([second]))
-        await append(other, state.id, agen([third]))
-        async with restarted.lock(state.id) as held:
-            assert held.offset == len(data)
-            info = await restarted.finish(held)
-    assert info.sha256 == hashlib.sha256(data).hexdigest()
-    assert LocalView(root).get(state.key) == data
-
-
-@pytest.mark.parametrize("error", [ConnectionResetError("client gone"), asyncio.CancelledError()])
-async def test_a_cut_off_body_keeps_exactly_the_bytes_taken(
-    store: LocalResumableStore, root: Path, error: BaseException
-) -> None:
+async def test_the_data_file_holds_exactly_the_bytes_counted(store: LocalResumableStore, root: Path) -> None:
+    """What the contract suite sees through the interface, seen on disk: the data file
+    holds no byte that the state does not count, and finishing renames it onto the key."""
     data = payload(2 * MiB + 100)
     state = await store.create(new_upload_state(length=len(data)))
-    await append(store, state.id, agen([data[:10]]))
-    taken = [data[10 : MiB + 30], data[MiB + 30 : MiB + 31]]  # less than the write block is still queued
-    with pytest.raises(type(error)):
-        await append(store, state.id, cut_off(taken, error))
-    stored = await store.get(state.id)
-    assert stored.offset == MiB + 31
-    assert data_of(root, state.id) == data[: MiB + 31]
-    # The next chunk continues from there, and the hash covers every byte once.
-    await append(store, state.id, agen([data[MiB + 31 :]]))
+    cut = MiB + 31  # less than the write block is still queued when the body fails
+    with pytest.raises(ConnectionResetError):
+        await append(store, state.id, cut_off([data[: cut - 1], data[cut - 1 : cut]], ConnectionResetError()))
+    assert data_of(root, state.id) == data[:cut]
+    checksum = Checksum("sha1", hashlib.sha1(b"other").digest())
+    with pytest.raises(ChecksumMismatch):
+        await append(store, state.id, agen([data[cut:]]), checksum=checksum)
+    assert data_of(root, state.id) == data[:cut]  # cut back: refused bytes take no space
+    await append(store, state.id, agen([data[cut:]]))
+    inode = (upload_dir(root, state.id) / "data").stat().st_ino
     async with store.lock(state.id) as held:
-        info = await store.finish(held)
-    assert info.sha256 == hashlib.sha256(data).hexdigest()
-
-
-async def test_a_cancelled_request_keeps_its_bytes(store: LocalResumableStore, root: Path) -> None:
-    state = await store.create(new_upload_state())
-    stall, taken = asyncio.Event(), asyncio.Event()
-
-    async def stalled() -> AsyncIterator[bytes]:
-        yield b"abc"
-        taken.set()
-        await stall.wait()
-        yield b"never"
-
-    task = asyncio.create_task(append(store, state.id, stalled()))
-    await taken.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert (await store.get(state.id)).offset == 3
-    assert data_of(root, state.id) == b"abc"
+        await store.finish(held)
+    assert not (upload_dir(root, state.id) / "data").exists()
+    assert (root / state.key).stat().st_ino == inode  # renamed, not copied
+    assert LocalView(root).get(state.key) == data
 
 
 async def test_lock_is_held_until_the_work_of_a_cancelled_request_ends(
@@ -239,43 +152,6 @@ async def test_lock_is_held_until_the_work_of_a_cancelled_request_ends(
     assert data_of(root, state.id) == block
 
 
-@pytest.mark.parametrize(
-    ("options", "tail", "error"),
-    [
-        # A chunk with a checksum cannot be verified when cut off: none of it counts.
-        ({"checksum": Checksum("sha1", hashlib.sha1(b"whatever").digest())}, [], ConnectionResetError()),
-        ({"checksum": Checksum("sha1", hashlib.sha1(b"other").digest())}, [], None),
-        ({"limit": MiB + 10}, [b"over the limit"], None),
-    ],
-    ids=["checksum-cut-off", "checksum-mismatch", "too-large"],
-)
-async def test_a_refused_or_unverifiable_chunk_keeps_nothing(
-    store: LocalResumableStore,
-    root: Path,
-    options: dict[str, Any],
-    tail: list[bytes],
-    error: BaseException | None,
-) -> None:
-    state = await store.create(new_upload_state())
-    await append(store, state.id, agen([b"kept"]))
-    chunks = [payload(MiB + 5), *tail]
-    body = cut_off(chunks, error) if error else agen(chunks)
-    expected = type(error) if error else (ChecksumMismatch if "checksum" in options else BodyTooLarge)
-    with pytest.raises(expected):
-        await append(store, state.id, body, **options)
-    stored = await store.get(state.id)
-    assert stored.offset == 4
-    assert ResumableSha256(stored.sha256).hexdigest() == hashlib.sha256(b"kept").hexdigest()
-    assert data_of(root, state.id) == b"kept"
-
-
-async def test_a_matching_checksum_is_kept(store: LocalResumableStore, root: Path) -> None:
-    state = await store.create(new_upload_state())
-    checksum = Checksum("sha256", hashlib.sha256(b"chunk").digest())
-    assert (await append(store, state.id, agen([b"ch", b"unk"]), checksum=checksum)).offset == 5
-    assert data_of(root, state.id) == b"chunk"
-
-
 async def test_bytes_a_crashed_writer_left_past_the_offset_are_overwritten(
     store: LocalResumableStore, root: Path
 ) -> None:
@@ -292,18 +168,6 @@ async def test_bytes_a_crashed_writer_left_past_the_offset_are_overwritten(
         info = await store.finish(held)
     assert LocalView(root).get(state.key) == b"01234567"
     assert info.sha256 == hashlib.sha256(b"01234567").hexdigest()
-
-
-async def test_lock_conflicts_within_one_process(store: LocalResumableStore, root: Path) -> None:
-    state = await store.create(new_upload_state())
-    async with opened(root) as other:
-        async with store.lock(state.id):
-            for contender in (store, other):
-                with pytest.raises(UploadLocked):
-                    async with contender.lock(state.id):
-                        pass
-        async with other.lock(state.id) as held:
-            assert held == state
 
 
 async def test_lock_conflicts_with_another_process_until_it_exits(
@@ -363,26 +227,6 @@ async def test_unknown_and_malformed_ids(store: LocalResumableStore, root: Path)
             async with store.lock(bad):
                 pass
     assert LocalView(root).leftovers() == []
-
-
-async def test_save_keeps_changed_fields(store: LocalResumableStore) -> None:
-    state = await store.create(new_upload_state())
-    async with store.lock(state.id) as held:
-        changed = replace(held, length=99, expires=held.expires + 60)
-        await store.save(changed)
-    assert await store.get(state.id) == changed
-
-
-async def test_terminate_leaves_nothing(store: LocalResumableStore, root: Path) -> None:
-    state = await store.create(new_upload_state(length=10 * MiB))
-    await append(store, state.id, agen([payload(3 * MiB)]))
-    async with store.lock(state.id) as held:
-        await store.terminate(held)
-    assert LocalView(root).leftovers() == []
-    assert await store.upload_ids() == []
-    with pytest.raises(UploadNotFound):
-        async with store.lock(state.id):
-            pass
 
 
 async def test_key_conflict_on_finish_leaves_the_upload_to_finish_later(

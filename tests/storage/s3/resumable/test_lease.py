@@ -1,0 +1,121 @@
+"""One writer at a time across processes (proxy/storage/s3/resumable/lease.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from proxy.storage import layout
+from proxy.storage.resumable import UploadBody, UploadLocked, UploadState
+from proxy.storage.s3.objects import S3Storage
+from proxy.storage.s3.resumable.store import S3ResumableStore
+from tests.conftest import S3Endpoint, S3View, new_upload_state
+from tests.storage.s3.resumable.support import (
+    PART,
+    MakeStore,
+    append,
+    chunks,
+    finish,
+    payload,
+    state_key,
+    store_factory,
+)
+
+
+async def try_lock(store: S3ResumableStore, upload_id: str, hold: asyncio.Event) -> bool:
+    try:
+        async with store.lock(upload_id):
+            await hold.wait()
+            return True
+    except UploadLocked:
+        return False
+
+
+@pytest.mark.parametrize("server", ["moto", pytest.param("rgw", marks=pytest.mark.real_s3)])
+async def test_racing_locks_one_wins(
+    request: pytest.FixtureRequest, opened: list[S3Storage], server: str
+) -> None:
+    endpoint: S3Endpoint = request.getfixturevalue("moto_endpoint" if server == "moto" else "real_s3")
+    bucket: str = request.getfixturevalue("moto_bucket" if server == "moto" else "real_bucket")
+    make = store_factory(opened, bucket)
+    stores = [await make(endpoint) for _ in range(4)]
+    state = await stores[0].create(new_upload_state(10))
+    for _ in range(3):
+        hold = asyncio.Event()
+        tasks = [asyncio.create_task(try_lock(s, state.id, hold)) for s in stores]
+        # The winner holds on until every other one has given up.
+        async with asyncio.timeout(20):
+            while sum(t.done() for t in tasks) < len(stores) - 1:
+                await asyncio.sleep(0.05)
+        hold.set()
+        assert sorted(await asyncio.gather(*tasks)) == [False, False, False, True]
+
+
+async def test_a_lease_that_ran_out_is_taken_over(
+    moto_endpoint: S3Endpoint, make_store: MakeStore, view: S3View
+) -> None:
+    store = await make_store(moto_endpoint)
+    state = await store.create(new_upload_state(10))
+    # What a process that died holding the lock leaves behind.
+    record = json.loads(view.get(state_key(state.id)))
+    record["backend"]["lease"] = {"holder": "dead", "seconds": 1, "write": "x"}
+    view.client.put_object(Bucket=view.bucket, Key=state_key(state.id), Body=json.dumps(record).encode())
+    with pytest.raises(UploadLocked):
+        async with store.lock(state.id):
+            pass
+    await asyncio.sleep(3.1)  # lease + S3's one-second resolution + margin
+    async with store.lock(state.id) as held:
+        assert held.backend["lease"]["holder"] != "dead"
+
+
+async def test_a_lost_lease_fails_the_append_without_saving(
+    interposer: Any, moto_endpoint: S3Endpoint, make_store: MakeStore, view: S3View
+) -> None:
+    layer, endpoint = interposer
+    stalled = await make_store(endpoint, lease=1.0)
+    other = await make_store(moto_endpoint, lease=30.0)
+    data = payload(2 * PART)
+    state = await stalled.create(new_upload_state(len(data)))
+    state = await append(stalled, state.id, data[:100])
+    sent_part = asyncio.Event()
+    resume = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        for chunk in chunks(data[100 : PART + 50]):
+            yield chunk
+        sent_part.set()
+        await resume.wait()
+        yield data[PART + 50 : PART + 60]
+
+    async def patch() -> UploadState:
+        async with stalled.lock(state.id) as held:
+            return await stalled.append(held, UploadBody(body(), state=held))
+
+    task = asyncio.create_task(patch())
+    await sent_part.wait()
+    # The stalled process can no longer reach the state: its renewals fail.
+    layer.fault = lambda s: 503 if s.method == "PUT" and s.path.endswith("/state.json") else None
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                async with other.lock(state.id) as taken_over:
+                    break
+            except UploadLocked:
+                await asyncio.sleep(0.25)
+    resume.set()
+    with pytest.raises(UploadLocked):
+        await task
+    current = await other.get(state.id)
+    assert current.offset == taken_over.offset == 100
+    assert "lease" not in current.backend  # released by the new holder, not overwritten
+    assert [k for k in view.internal_keys() if "/tail-" in k] == [
+        f"{layout.UPLOADS}{state.id}/tail-{current.backend['tail']}"
+    ]
+    layer.fault = None
+    await append(other, state.id, data[100:])
+    await finish(other, state.id)
+    assert view.get(state.key) == data
