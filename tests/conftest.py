@@ -5,6 +5,9 @@
   reused from STREAM_PROXY_TEST_REAL_S3 (an endpoint URL) when that is set.
 - ``backend``: "local" or "s3" (moto), and ``store`` built for it, with a
   ``StoreView`` that reads what is in the directory or bucket directly.
+- ``http_backend``: the in-memory fake (tests/storage/memory.py), for tests of pure
+  HTTP behaviour that need no real storage; ``proxy_client(config, app_backend)``
+  serves it.
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ from proxy.app import create_app
 from proxy.config import Config, LocalConfig, S3Config, ServerConfig, StorageConfig
 from proxy.rules.keys import INTERNAL_PREFIX
 from proxy.storage import layout
+from proxy.storage.backend import Backend as StorageBackend
 from proxy.storage.local.objects import LocalStorage
 from proxy.storage.resumable import UploadState
 from proxy.storage.s3.objects import S3Storage
+from tests.storage.memory import MemoryStorage, memory_backend
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 SHARED_S3 = Path(__file__).resolve().parents[1].parent / "shared" / "s3"
@@ -223,11 +228,31 @@ class S3View(StoreView):
         return {"content_type": head["ContentType"], "size": head["ContentLength"], **head["Metadata"]}
 
 
+class MemoryView(StoreView):
+    def __init__(self, storage: MemoryStorage) -> None:
+        self.storage = storage
+
+    def get(self, key: str) -> bytes:
+        data = self.storage.entry(key)
+        assert data is not None, key
+        return data
+
+    def keys(self) -> list[str]:
+        return [k for k in self.storage.stored_keys() if not layout.is_internal(k)]
+
+    def leftovers(self) -> list[str]:
+        """Resumable uploads as ``upload <id>``, as the other views name them."""
+        internal = [k for k in self.storage.stored_keys() if layout.is_internal(k)]
+        return sorted({f"upload {k.split('/')[2]}" for k in internal})
+
+
 @dataclass
 class Backend:
     name: str
     config: Config
     view: StoreView
+    # What the app is served with instead of the one the config names (the fake).
+    app_backend: StorageBackend | None = None
 
 
 def s3_config(endpoint: S3Endpoint, bucket: str, **overrides: Any) -> S3Config:
@@ -271,6 +296,12 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return backend_for("s3", tmp_path, endpoint, request.getfixturevalue("moto_bucket"))
 
 
+@pytest.fixture(params=["memory"])
+def http_backend(request: pytest.FixtureRequest) -> Backend:
+    storage = MemoryStorage()
+    return Backend(request.param, Config(), MemoryView(storage), memory_backend(storage))
+
+
 @pytest.fixture
 def real_backend(tmp_path: Path, real_s3: S3Endpoint, real_bucket: str) -> Backend:
     return backend_for("s3", tmp_path, real_s3, real_bucket)
@@ -289,8 +320,12 @@ ClientFactory = Callable[..., Any]
 async def proxy_client(aiohttp_client: ClientFactory) -> Callable[[Config], Any]:
     """Start the proxy app for a config on a random port; returns a TestClient."""
 
-    async def start(config: Config) -> TestClient[web.Request, web.Application]:
-        client: TestClient[web.Request, web.Application] = await aiohttp_client(create_app(config))
+    async def start(
+        config: Config, app_backend: StorageBackend | None = None
+    ) -> TestClient[web.Request, web.Application]:
+        client: TestClient[web.Request, web.Application] = await aiohttp_client(
+            create_app(config, app_backend)
+        )
         return client
 
     return start

@@ -166,13 +166,13 @@ async def test_delete(backend: Backend, proxy_client: Any) -> None:
         "/files/a/",
     ],
 )
-async def test_put_bad_key(backend: Backend, proxy_client: Any, path: str) -> None:
-    client = await proxy_client(backend.config)
+async def test_put_bad_key(http_backend: Backend, proxy_client: Any, path: str) -> None:
+    client = await proxy_client(http_backend.config, http_backend.app_backend)
     # A raw request: HTTP client libraries would normalise the dot segments away.
     status, body = await raw_request(client.server.host, client.server.port, "PUT", path, b"data")
     assert status == 400, body
     assert body["error"] == "invalid_key" and body["message"]
-    assert backend.view.keys() == []
+    assert http_backend.view.keys() == []
 
 
 async def raw_request(host: str, port: int, method: str, path: str, body: bytes) -> tuple[int, Any]:
@@ -188,8 +188,8 @@ async def raw_request(host: str, port: int, method: str, path: str, body: bytes)
     return int(head.split()[1]), json.loads(payload)
 
 
-async def test_post_not_multipart(backend: Backend, proxy_client: Any) -> None:
-    client = await proxy_client(backend.config)
+async def test_post_not_multipart(http_backend: Backend, proxy_client: Any) -> None:
+    client = await proxy_client(http_backend.config, http_backend.app_backend)
     response = await client.post("/files", data=b"{}", headers={"Content-Type": "application/json"})
     assert response.status == 415
     assert (await response.json())["error"] == "unsupported_media_type"
@@ -204,31 +204,31 @@ async def test_post_not_multipart(backend: Backend, proxy_client: Any) -> None:
     ],
     ids=["garbage", "unterminated", "bad-part-header"],
 )
-async def test_post_malformed_multipart(backend: Backend, proxy_client: Any, body: bytes) -> None:
-    client = await proxy_client(backend.config)
+async def test_post_malformed_multipart(http_backend: Backend, proxy_client: Any, body: bytes) -> None:
+    client = await proxy_client(http_backend.config, http_backend.app_backend)
     response = await client.post(
         "/files/", data=body, headers={"Content-Type": "multipart/form-data; boundary=XYZ"}
     )
     result = await response.json()
     assert response.status == 400, result
     assert result["error"] in ("bad_multipart", "no_files")
-    assert backend.view.keys() == []
-    assert backend.view.leftovers() == []
+    assert http_backend.view.keys() == []
+    assert http_backend.view.leftovers() == []
 
 
-async def test_post_without_file_parts(backend: Backend, proxy_client: Any) -> None:
-    client = await proxy_client(backend.config)
+async def test_post_without_file_parts(http_backend: Backend, proxy_client: Any) -> None:
+    client = await proxy_client(http_backend.config, http_backend.app_backend)
     response = await client.post("/files", data=form([], {"a": "b"}))
     assert response.status == 400
     assert (await response.json())["error"] == "no_files"
 
 
-async def test_post_bad_filename(backend: Backend, proxy_client: Any) -> None:
-    client = await proxy_client(backend.config)
+async def test_post_bad_filename(http_backend: Backend, proxy_client: Any) -> None:
+    client = await proxy_client(http_backend.config, http_backend.app_backend)
     response = await client.post("/files", data=form([("..", b"x", "text/plain")]))
     assert response.status == 400
     assert (await response.json())["error"] == "invalid_key"
-    assert backend.view.keys() == []
+    assert http_backend.view.keys() == []
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
@@ -270,8 +270,8 @@ async def test_post_over_max_upload_bytes(backend: Backend, proxy_client: Any, c
     assert backend.view.keys() == (["a"] if chunked else [])
 
 
-async def test_unknown_route_and_method_are_json(backend: Backend, proxy_client: Any) -> None:
-    client = await proxy_client(backend.config)
+async def test_unknown_route_and_method_are_json(http_backend: Backend, proxy_client: Any) -> None:
+    client = await proxy_client(http_backend.config, http_backend.app_backend)
     response = await client.get("/nothing-here")
     assert response.status == 404
     assert (await response.json())["error"] == "not_found"

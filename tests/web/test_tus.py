@@ -58,8 +58,8 @@ def object_key(location: str, filename: str = "clip.mp4") -> str:
     return f"{location.rsplit('/', 1)[1]}/{filename}"
 
 
-async def test_options_advertises_the_protocol(backend: Backend, proxy_client: Any) -> None:
-    client = await proxy_client(backend.config)
+async def test_options_advertises_the_protocol(http_backend: Backend, proxy_client: Any) -> None:
+    client = await proxy_client(http_backend.config, http_backend.app_backend)
     response = await client.options("/uploads/")
     assert response.status == 204
     assert response.headers["Tus-Version"] == "1.0.0"
@@ -92,8 +92,10 @@ async def test_max_size_is_advertised_and_enforced(backend: Backend, proxy_clien
 
 
 @pytest.mark.parametrize("version", [None, "0.2.2", "1.0", ""])
-async def test_unsupported_version_is_412(backend: Backend, proxy_client: Any, version: str | None) -> None:
-    client = await proxy_client(backend.config)
+async def test_unsupported_version_is_412(
+    http_backend: Backend, proxy_client: Any, version: str | None
+) -> None:
+    client = await proxy_client(http_backend.config, http_backend.app_backend)
     headers = (
         {"Upload-Length": "10"} if version is None else {"Tus-Resumable": version, "Upload-Length": "10"}
     )
@@ -101,7 +103,7 @@ async def test_unsupported_version_is_412(backend: Backend, proxy_client: Any, v
     assert response.status == 412
     assert response.headers["Tus-Version"] == "1.0.0"
     assert (await response.json())["error"] == "unsupported_version"
-    assert backend.view.leftovers() == []
+    assert http_backend.view.leftovers() == []
 
 
 async def test_create_head_patch_finish(backend: Backend, proxy_client: Any) -> None:
@@ -161,19 +163,19 @@ async def test_create_head_patch_finish(backend: Backend, proxy_client: Any) -> 
     ],
 )
 async def test_bad_creation_headers(
-    backend: Backend, proxy_client: Any, headers: dict[str, str], status: int
+    http_backend: Backend, proxy_client: Any, headers: dict[str, str], status: int
 ) -> None:
-    client = await proxy_client(backend.config)
+    client = await proxy_client(http_backend.config, http_backend.app_backend)
     response = await client.post("/uploads/", headers={**TUS, **headers})
     assert response.status == status
     body = await response.json()
     assert set(body) >= {"error", "message"}
     assert response.headers["Tus-Resumable"] == "1.0.0"
-    assert backend.view.leftovers() == []
+    assert http_backend.view.leftovers() == []
 
 
-async def test_patch_errors(backend: Backend, proxy_client: Any) -> None:
-    client = await proxy_client(backend.config)
+async def test_patch_errors(http_backend: Backend, proxy_client: Any) -> None:
+    client = await proxy_client(http_backend.config, http_backend.app_backend)
     location = await create(client, 10)
     assert (await patch(client, location, 0, b"abc")).status == 204
 
@@ -202,8 +204,8 @@ async def test_patch_errors(backend: Backend, proxy_client: Any) -> None:
 @pytest.mark.parametrize(
     "path", ["/uploads/0123456789abcdef0123456789abcdef", "/uploads/..%2F..%2Fetc", "/uploads/x"]
 )
-async def test_unknown_upload_is_404(backend: Backend, proxy_client: Any, path: str) -> None:
-    client = await proxy_client(backend.config)
+async def test_unknown_upload_is_404(http_backend: Backend, proxy_client: Any, path: str) -> None:
+    client = await proxy_client(http_backend.config, http_backend.app_backend)
     for method in ("HEAD", "PATCH", "DELETE"):
         response = await client.request(method, path, headers={**OCTET, "Upload-Offset": "0"})
         assert response.status == 404, method
