@@ -36,8 +36,11 @@ async def _backend_lifecycle(app: web.Application) -> AsyncIterator[None]:
     backend = app[settings.BACKEND]
     await backend.start()
     sweeper = asyncio.create_task(sweep_forever(backend.uploads, app[settings.SWEEP_INTERVAL]))
-    yield
-    sweeper.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sweeper
-    await backend.close()
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+        # Whatever the sweeper ended with, what was opened is closed.
+        with contextlib.suppress(BaseException):
+            await sweeper
+        await backend.close()

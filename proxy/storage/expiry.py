@@ -30,13 +30,16 @@ async def sweep(store: ResumableStore, now: float | None = None) -> int:
                     removed += 1
         except (UploadLocked, UploadNotFound):
             continue  # being written to, or removed by another process meanwhile
-        except (StorageError, ValueError, TypeError) as exc:
+        except (StorageError, OSError, ValueError, TypeError, KeyError) as exc:
             # One unreadable upload must not stop the others from being swept.
             log.warning("could not sweep upload %s: %s", upload_id, exc)
     return removed
 
 
 async def sweep_forever(store: ResumableStore, interval: float) -> None:
+    """Sweep every ``interval`` seconds until cancelled. A sweep that fails, however
+    (the storage down, a file system error, a bug), is logged and the next one runs:
+    an unswept upload only waits, but a dead sweeper would let them all pile up."""
     while True:
         try:
             removed = await sweep(store)
@@ -44,4 +47,6 @@ async def sweep_forever(store: ResumableStore, interval: float) -> None:
                 log.info("removed %d expired uploads", removed)
         except StorageError as exc:
             log.warning("sweep for expired uploads failed: %s", exc)
+        except Exception:
+            log.exception("sweep for expired uploads failed")
         await asyncio.sleep(interval)

@@ -112,6 +112,11 @@ class LocalStorage:
         """Make ``src``, a finished file already on disk and on the root's file system,
         the object ``key`` with ``meta`` (content_type, sha256), in one rename.
         KeyConflict leaves ``src`` where it was. Blocking: call it in a thread."""
+        # The version this publishes, described before the rename (which keeps its
+        # inode, size and mtime): a racing writer or delete may change what the key
+        # holds a moment later, and neither the answer nor the metadata may then
+        # describe that instead.
+        st = os.stat(src)
         path = self.paths.object(key)
         try:
             if not self._replace_into(src, path):
@@ -121,11 +126,12 @@ class LocalStorage:
         except IsADirectoryError:
             raise KeyConflict("the key is an existing directory of objects") from None
         fsync_dir(path.parent)
-        return self.describe_file(key, meta)
+        self._write_meta(key, st, meta)
+        return self._info(key, st, meta)
 
     def describe_file(self, key: str, meta: dict[str, Any]) -> ObjectInfo:
         """Record ``meta`` for the object ``key`` as it is now. Blocking."""
-        st = self.paths.object(key).stat()
+        _, st = self.paths.existing_file(key)
         self._write_meta(key, st, meta)
         return self._info(key, st, meta)
 
