@@ -27,7 +27,7 @@ def validate_key(key: str) -> str:
     """Return ``key`` unchanged if it is a valid object key, else raise InvalidKey."""
     if not key:
         raise InvalidKey("key is empty")
-    _check_text(key, "key")
+    _check_path_text(key, "key")
     for segment in key.split("/"):
         _check_segment(segment, "key")
     if key.split("/", 1)[0] == INTERNAL_PREFIX:
@@ -60,7 +60,7 @@ def validate_list_prefix(prefix: str) -> str:
     that it names a place inside the storage and never outside it."""
     if prefix == "":
         return prefix
-    _check_text(prefix, "prefix")
+    _check_path_text(prefix, "prefix")
     *complete, last = prefix.split("/")
     for segment in complete:
         _check_segment(segment, "prefix")
@@ -71,6 +71,25 @@ def validate_list_prefix(prefix: str) -> str:
     return prefix
 
 
+def validate_cursor(cursor: str) -> str:
+    """A listing cursor: the page starts after it. It is only compared with keys,
+    never made into a path, so it need not be one; but it goes to S3, so it must be
+    text any S3 server takes."""
+    _check_text(cursor, "cursor")
+    for ch in cursor:
+        if unicodedata.category(ch) in ("Cs", "Cn"):
+            raise InvalidKey(f"cursor must not contain the unassigned character U+{ord(ch):04X}")
+    return cursor
+
+
+def _check_path_text(text: str, what: str) -> None:
+    _check_text(text, what)
+    if text.startswith("/"):
+        raise InvalidKey(f"{what} must not start with '/'")
+    if "\\" in text:
+        raise InvalidKey(f"{what} must not contain a backslash")
+
+
 def _check_text(text: str, what: str) -> None:
     try:
         encoded = text.encode("utf-8")
@@ -78,10 +97,6 @@ def _check_text(text: str, what: str) -> None:
         raise InvalidKey(f"{what} is not valid UTF-8") from None
     if len(encoded) > MAX_KEY_BYTES:
         raise InvalidKey(f"{what} is {len(encoded)} bytes long; at most {MAX_KEY_BYTES} are allowed")
-    if text.startswith("/"):
-        raise InvalidKey(f"{what} must not start with '/'")
-    if "\\" in text:
-        raise InvalidKey(f"{what} must not contain a backslash")
     for ch in text:
         if unicodedata.category(ch) == "Cc":
             raise InvalidKey(f"{what} must not contain control character U+{ord(ch):04X}")

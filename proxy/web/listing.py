@@ -14,8 +14,12 @@ MAX_LIMIT = 1000
 def _limit(raw: str | None) -> int:
     if raw is None:
         return MAX_LIMIT
-    # isascii() too: str.isdigit() takes digits such as '²' that int() refuses.
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    # isascii() too: str.isdigit() takes digits such as '²' that int() refuses; and
+    # no more digits than the limit has, as int() refuses thousands of them.
+    if (
+        not (raw.isascii() and raw.isdigit() and len(raw) <= len(str(MAX_LIMIT)))
+        or not 1 <= int(raw) <= MAX_LIMIT
+    ):
         raise ApiError(400, "invalid_limit", f"limit must be a whole number from 1 to {MAX_LIMIT}")
     return int(raw)
 

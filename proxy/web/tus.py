@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from urllib.parse import quote
 from uuid import uuid4
@@ -59,12 +59,26 @@ def tus_endpoint(handler: Handler) -> Handler:
 
 
 def check_body(request: web.Request) -> None:
-    """What a request that carries bytes of an upload must pass before they are sent."""
+    """What a request that carries bytes of an upload must pass before they are sent:
+    for a creation, all it asks for; for a chunk, its headers and the largest size."""
     try:
         _check_version(request)
-        _check_content_type(request, required=request.method == "PATCH")
+        if "upload_id" not in request.match_info:
+            # The key's length does not depend on which id the upload gets.
+            _new_upload(request, "0" * 32)
+            return
+        _check_content_type(request, required=True)
+        _offset(request)
+        _check_chunk_size(request, request.app[TUS].max_size or None)
     except Exception as exc:
         raise _with_tus_headers(exc) from exc
+
+
+def _offset(request: web.Request) -> int:
+    offset = parse_uint(request.headers.get("Upload-Offset"), "Upload-Offset")
+    if offset is None:
+        raise TusHeaderError("PATCH needs Upload-Offset")
+    return offset
 
 
 def _check_version(request: web.Request) -> None:
@@ -125,9 +139,17 @@ async def options(request: web.Request) -> web.Response:
     return web.Response(status=204, headers=headers)
 
 
-async def create(request: web.Request) -> web.Response:
+@dataclass(frozen=True)
+class _NewUpload:
+    length: int | None
+    metadata: str
+    key: str
+    content_type: str
+
+
+def _new_upload(request: web.Request, upload_id: str) -> _NewUpload:
+    """What a creation asks for, checked before anything is stored or its body sent."""
     settings = request.app[TUS]
-    store = request.app[UPLOADS]
     if "Upload-Concat" in request.headers:
         # Not offered (Tus-Extension says so): a partial upload must not become an
         # object of its own as if it were whole.
@@ -139,18 +161,32 @@ async def create(request: web.Request) -> web.Response:
     if length is not None:
         _check_size(length, settings)
     _check_content_type(request, required=False)
-    raw_metadata = request.headers.get("Upload-Metadata", "")
+    _check_chunk_size(request, (settings.max_size or None) if length is None else length)
+    raw_metadata = request.headers.get("Upload-Metadata", "").strip()
     metadata = parse_metadata(raw_metadata)
-    upload_id = uuid4().hex
     key = object_key_for(settings.key_template, upload_id, metadata_text(metadata, "filename"))
+    content_type = content_type_for(metadata_text(metadata, "filetype"), key)
+    return _NewUpload(length, raw_metadata, key, content_type)
+
+
+def _check_chunk_size(request: web.Request, room: int | None) -> None:
+    """A body announced longer than ``room`` (None: no limit) is refused unread."""
+    if room is not None and (request.content_length or 0) > room:
+        raise ApiError(413, "too_large", f"the chunk goes past the upload's length ({room} bytes left)")
+
+
+async def create(request: web.Request) -> web.Response:
+    settings = request.app[TUS]
+    upload_id = uuid4().hex
+    new = _new_upload(request, upload_id)
     now = time.time()
-    state = await store.create(
+    state = await request.app[UPLOADS].create(
         UploadState(
             id=upload_id,
-            key=key,
-            content_type=content_type_for(metadata_text(metadata, "filetype"), key),
-            length=length,
-            metadata=raw_metadata.strip(),
+            key=new.key,
+            content_type=new.content_type,
+            length=new.length,
+            metadata=new.metadata,
             created=now,
             expires=now + settings.expiration,
         )
@@ -184,10 +220,7 @@ async def head(request: web.Request) -> web.Response:
 async def patch(request: web.Request) -> web.Response:
     upload_id = _upload_id(request)
     _check_content_type(request, required=True)
-    offset = parse_uint(request.headers.get("Upload-Offset"), "Upload-Offset")
-    if offset is None:
-        raise TusHeaderError("PATCH needs Upload-Offset")
-    state = await _write(request, upload_id, offset=offset)
+    state = await _write(request, upload_id, offset=_offset(request))
     return web.Response(status=204, headers=_state_headers(state))
 
 
@@ -215,8 +248,7 @@ async def _write(request: web.Request, upload_id: str, *, offset: int) -> Upload
             room: int | None = state.length - state.offset
         else:
             room = settings.max_size - state.offset if settings.max_size else None
-        if room is not None and (request.content_length or 0) > room:
-            raise ApiError(413, "too_large", f"the chunk goes past the upload's length ({room} bytes left)")
+        _check_chunk_size(request, room)
         state = replace(state, expires=time.time() + settings.expiration)
         if state.done:
             return state

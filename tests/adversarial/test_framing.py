@@ -401,12 +401,6 @@ TUS_EXPECT_GAPS = {
 
 @local
 @pytest.mark.parametrize("case", TUS_EXPECT_GAPS)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG tus creation + Expect: 100-continue: only Tus-Resumable and the body's Content-Type are "
-    "checked before 100 Continue (tus.check_body); a creation refused for its size, key, filetype or "
-    "Upload-Concat is answered 100 Continue first, then 413/400 after the body",
-)
 async def test_expect_continue_on_tus_creation_checks_what_creation_checks(live: Live, case: str) -> None:
     headers = [*TUS, OFFSET, *TUS_EXPECT_GAPS[case]]
     if not any(name == "Content-Length" for name, _ in headers):
@@ -415,11 +409,6 @@ async def test_expect_continue_on_tus_creation_checks_what_creation_checks(live:
 
 
 @local
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG tus PATCH + Expect: 100-continue with Content-Length over server.max_upload_bytes is "
-    "answered 100 Continue, then 413 after the body",
-)
 async def test_expect_continue_on_tus_patch_checks_the_size(live: Live) -> None:
     location = await live.tus_create(None)
     headers = [*TUS, OFFSET, ("Upload-Offset", "0"), ("Content-Length", str(LIMIT + 1))]

@@ -453,11 +453,6 @@ async def test_listing_limits(live: Live) -> None:
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG GET /files?limit=<more than 4300 ASCII digits> answers 500 internal_error: "
-    "listing._limit calls int() on it, which raises ValueError past Python's int_max_str_digits",
-)
 async def test_listing_limit_with_thousands_of_digits(live: Live) -> None:
     for digits in (4300, 4301, 8000):
         answer = await live.safe("GET", "/files?limit=" + "1" * digits)

@@ -23,7 +23,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from proxy.rules.keys import INTERNAL_PREFIX, is_valid_key, validate_list_prefix
+from proxy.rules.keys import (
+    INTERNAL_PREFIX,
+    is_valid_key,
+    validate_cursor,
+    validate_list_prefix,
+)
 from proxy.storage.base import KeyConflict, ObjectInfo, ObjectNotFound, ObjectPage, StorageError
 from proxy.storage.local.files import WRITE_BLOCK, BlockWriter, fsync_dir, local_etag, write_synced
 from proxy.storage.local.paths import LocalPaths
@@ -119,7 +124,7 @@ class LocalStorage:
         st = os.stat(src)
         path = self.paths.object(key)
         try:
-            if not self._replace_into(src, path):
+            if not self._replace_into(src, path, check=self.paths.check_writable):
                 raise StorageError(f"could not create the directory for {path}")
         except (NotADirectoryError, FileExistsError):
             raise KeyConflict("a parent of the key is an existing object") from None
@@ -135,13 +140,18 @@ class LocalStorage:
         self._write_meta(key, st, meta)
         return self._info(key, st, meta)
 
-    def _replace_into(self, src: Path, dest: Path) -> bool:
-        """os.replace into ``dest``'s directory, made as needed. A concurrent delete may
-        prune that directory in between, so try again; False if it kept vanishing."""
+    @staticmethod
+    def _replace_into(src: Path, dest: Path, check: Callable[[Path], None] | None = None) -> bool:
+        """os.replace into ``dest``'s directory, made as needed, after ``check(dest)``
+        (before any directory is made, and again after). A concurrent delete may prune
+        that directory in between, so try again; False if it kept vanishing."""
         for _ in range(3):
             try:
+                if check is not None:
+                    check(dest)
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                self.paths.check_inside(dest)
+                if check is not None:
+                    check(dest)
                 os.replace(src, dest)
                 return True
             except FileNotFoundError:
@@ -248,11 +258,13 @@ class LocalStorage:
 
     def _list(self, prefix: str, limit: int, cursor: str | None) -> ObjectPage:
         validate_list_prefix(prefix)
+        if cursor is not None:
+            validate_cursor(cursor)
         # Walk only the directory the prefix names, and only if it is inside the root
         # (a symlinked directory could lead anywhere; below it, links are not followed).
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start_dir = self.root / base
-        if base and self.root not in Path(os.path.realpath(start_dir)).parents:
+        if not self.paths.holds_objects(start_dir):
             return ObjectPage([], None)
         keys: list[str] = []
         for dirpath, dirnames, filenames in os.walk(start_dir):
@@ -265,12 +277,21 @@ class LocalStorage:
                 if key.startswith(prefix) and (cursor is None or key > cursor) and is_valid_key(key):
                     keys.append(key)
         keys.sort()  # code point order is UTF-8 byte order, as S3 lists
-        objects = []
-        for key in keys[:limit]:
-            with contextlib.suppress(ObjectNotFound):
-                objects.append(self._stat(key))
-        more = len(keys) > limit
-        return ObjectPage(objects, keys[limit - 1] if more and limit > 0 else None)
+        # Names that are no object (a symlink out of the root, a FIFO) are passed over
+        # and never named, not even as the cursor: one object past the page tells
+        # whether there is more.
+        objects: list[ObjectInfo] = []
+        more = False
+        for key in keys:
+            try:
+                info = self._stat(key)
+            except ObjectNotFound:
+                continue
+            if len(objects) == limit:
+                more = True
+                break
+            objects.append(info)
+        return ObjectPage(objects, objects[-1].key if more and objects else None)
 
     async def list(self, prefix: str = "", limit: int = 1000, cursor: str | None = None) -> ObjectPage:
         return await _run(self._list, prefix, limit, cursor)

@@ -6,8 +6,9 @@ validation cannot see is what is on disk: symlinks placed under the root. Every 
 of an object goes through ``existing_file`` or ``open_existing``, the one check
 point: the whole path is resolved, and it must end inside the root, outside the
 backend's own directory, at a regular file; anything else is ObjectNotFound. Writes
-go through ``check_inside``: the directory a file is renamed into must resolve
-inside the root (a rename replaces a symlink at the key itself, never its target).
+go through ``check_writable``: the directory a file is renamed into must resolve
+there too, checked before any directory is made (a rename replaces a symlink at the
+key itself, never its target).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO
 
-from proxy.rules.keys import InvalidKey, validate_key
+from proxy.rules.keys import INTERNAL_PREFIX, InvalidKey, validate_key
 from proxy.storage import layout
 from proxy.storage.base import ObjectNotFound
 from proxy.storage.resumable import UPLOAD_ID
@@ -81,9 +82,19 @@ class LocalPaths:
             raise ValueError(f"not an upload id: {upload_id!r}")
         return self.root / layout.upload_prefix(upload_id)
 
-    def check_inside(self, path: Path) -> None:
-        """Refuse to write ``path`` if its directory, through a symlink, leads outside
-        the root."""
-        parent = path.parent.resolve()
-        if parent != self.root and self.root not in parent.parents:
-            raise InvalidKey("key resolves outside the storage root")
+    def check_writable(self, path: Path) -> None:
+        """Refuse to write the object file ``path`` if its directory leads, through a
+        symlink, outside the root or into the backend's own directory. Checked on the
+        deepest part of it that exists, before any directory is made."""
+        existing = path.parent
+        while not os.path.lexists(existing):
+            existing = existing.parent
+        if not self.holds_objects(existing):
+            raise InvalidKey("key resolves outside the storage")
+
+    def holds_objects(self, directory: Path) -> bool:
+        """Whether ``directory`` resolves to the root or a folder of objects in it."""
+        real = Path(os.path.realpath(directory))
+        if real == self.root:
+            return True
+        return self.root in real.parents and real.relative_to(self.root).parts[0] != INTERNAL_PREFIX

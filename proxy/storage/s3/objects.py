@@ -12,8 +12,7 @@ import aioboto3
 from botocore.config import Config as BotoConfig
 
 from proxy.config import S3Config
-from proxy.rules.keys import validate_key, validate_list_prefix
-from proxy.storage import layout
+from proxy.rules.keys import is_valid_key, validate_cursor, validate_key, validate_list_prefix
 from proxy.storage.base import BodyRelay, ObjectInfo, ObjectPage
 from proxy.storage.s3.errors import quoted_etag, upstream
 from proxy.storage.s3.multipart import SHA256_META
@@ -187,6 +186,8 @@ class S3Storage:
 
     async def list(self, prefix: str = "", limit: int = 1000, cursor: str | None = None) -> ObjectPage:
         validate_list_prefix(prefix)
+        if cursor is not None:
+            validate_cursor(cursor)
         objects: list[ObjectInfo] = []
         start_after = cursor
         while True:
@@ -203,11 +204,13 @@ class S3Storage:
                     last_modified=item["LastModified"],
                 )
                 for item in contents
-                # Resumable uploads keep their state and bytes there.
-                if not layout.is_internal(item["Key"])
+                # Neither the backend's own objects (resumable uploads' state and
+                # bytes) nor objects written by other means under names no key can
+                # have: they could not be read through the proxy either.
+                if is_valid_key(item["Key"])
             ]
             more = bool(response.get("IsTruncated")) and bool(contents)
-            # The backend's own objects were left out: read on until the page is full.
+            # Objects were left out: read on until the page is full.
             if not more or len(objects) >= limit:
                 break
             start_after = contents[-1]["Key"]
