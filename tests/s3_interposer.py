@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
+from proxy.storage import layout
+
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 
 
@@ -25,6 +27,10 @@ class Seen:
     content_length: str | None
     transfer_encoding: str | None
     body_size: int
+
+    @property
+    def is_writer_upkeep(self) -> bool:
+        return layout.WRITERS in self.path or self.query.get("prefix", "").startswith(layout.WRITERS)
 
     @property
     def operation(self) -> str:
@@ -49,6 +55,8 @@ class S3Interposer:
         self.part_delay = part_delay
         self.seen: list[Seen] = []
         self.fault: FaultRule | None = None
+        # Like fault, but the request reaches the server first: its answer is lost.
+        self.lost_answer: FaultRule | None = None
         # Extra seconds before answering a request, by operation name.
         self.delays: dict[str, float] = {}
         self.parts_in_flight = 0
@@ -56,7 +64,9 @@ class S3Interposer:
         self._session: aiohttp.ClientSession | None = None
 
     def operations(self) -> list[str]:
-        return [s.operation for s in self.seen]
+        """What the proxy sent, its writer records aside (heartbeats, records of
+        multipart uploads, sweeps: proxy/storage/s3/writers.py run beside every upload)."""
+        return [s.operation for s in self.seen if not s.is_writer_upkeep]
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=6 * 1024**3)
@@ -92,7 +102,12 @@ class S3Interposer:
             if status is not None:
                 xml = f"<Error><Code>Injected</Code><Message>fault {status}</Message></Error>"
                 return web.Response(status=status, text=xml, content_type="application/xml")
-            return await self._forward(request, body)
+            response = await self._forward(request, body)
+            status = self.lost_answer(seen) if self.lost_answer else None
+            if status is not None:
+                xml = f"<Error><Code>Injected</Code><Message>answer lost {status}</Message></Error>"
+                return web.Response(status=status, text=xml, content_type="application/xml")
+            return response
         finally:
             if is_part:
                 self.parts_in_flight -= 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator
 
+from proxy.streaming.part_buffer import PartBuffer
+
 
 class BodyTooLarge(Exception):
     def __init__(self, limit: int) -> None:
@@ -66,6 +68,17 @@ class HashingReader:
             if len(chunk) > take:
                 self._pending = chunk[take:]
         return buf
+
+    async def fill(self, part: PartBuffer, n: int) -> None:
+        """Add bytes to ``part`` until it holds ``n``; fewer only at the end of the body."""
+        while part.size < n:
+            chunk = await self._next_chunk()
+            if not chunk:
+                return
+            take = n - part.size
+            if len(chunk) > take:
+                self._pending = chunk[take:]
+            await part.add(chunk[:take])
 
     async def at_eof(self) -> bool:
         """True when no byte is left, reading ahead by at most one chunk to know."""

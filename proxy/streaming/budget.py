@@ -1,16 +1,14 @@
-"""A process-wide budget of bytes buffered for uploads.
+"""A process-wide budget of bytes buffered in memory for uploads.
 
-Uploads reserve a part's worth of bytes before they read it from the client and give
-it back once the part is stored. When the budget is spent, ``acquire`` waits, the
-upload stops reading, and TCP flow control pushes back on the client: memory stays
-bounded however many uploads run. Waiters are served first come, first served, so a
-large reservation is not starved by small ones.
+A part buffer (part_buffer.PartBuffer) reserves each chunk as it arrives, never bytes
+a client has not sent yet, and gives its reservation back once the part is stored.
+A reservation the budget cannot grant at once is refused, not queued: the buffer
+then moves to a temporary file. So memory stays within the budget whatever sizes
+clients declare, and nobody waits on it: a client that stalls holds only what it
+sent, and cannot keep others waiting.
 """
 
 from __future__ import annotations
-
-import asyncio
-from collections import deque
 
 
 class MemoryBudget:
@@ -20,48 +18,18 @@ class MemoryBudget:
         self.total = total
         self.in_use = 0
         self.peak = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
 
-    def clamp(self, n: int) -> int:
-        """A reservation can never exceed the whole budget, or it would wait forever."""
-        return min(n, self.total)
-
-    async def acquire(self, n: int) -> int:
-        """Reserve ``n`` bytes (clamped); returns the amount to hand back to release()."""
+    def try_acquire(self, n: int) -> bool:
+        """Reserve ``n`` more bytes if they fit now; False (nothing reserved) if not."""
         if n < 0:
             raise ValueError("cannot reserve a negative number of bytes")
-        n = self.clamp(n)
-        if not self._waiters and self.in_use + n <= self.total:
-            self._take(n)
-            return n
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (n, fut)
-        self._waiters.append(entry)
-        try:
-            await fut
-        except BaseException:
-            if fut.done() and not fut.cancelled():
-                # Granted just as we were cancelled: hand it back.
-                self.release(n)
-            else:
-                self._waiters.remove(entry)
-                self._wake()
-            raise
-        return n
-
-    def release(self, n: int) -> None:
-        self.in_use -= n
-        self._wake()
-
-    def _take(self, n: int) -> None:
+        if self.in_use + n > self.total:
+            return False
         self.in_use += n
         self.peak = max(self.peak, self.in_use)
+        return True
 
-    def _wake(self) -> None:
-        while self._waiters:
-            n, fut = self._waiters[0]
-            if self.in_use + n > self.total:
-                return
-            self._waiters.popleft()
-            self._take(n)
-            fut.set_result(None)
+    def release(self, n: int) -> None:
+        if not 0 <= n <= self.in_use:
+            raise ValueError(f"cannot release {n} of {self.in_use} bytes reserved")
+        self.in_use -= n

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
@@ -13,9 +14,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from proxy.storage.base import ObjectNotFound, StorageError, UpstreamError
 from proxy.storage.s3.errors import error_code, quoted_etag, upstream
 from proxy.storage.s3.limits import MAX_PART_SIZE
-from proxy.streaming.budget import MemoryBudget
+from proxy.streaming.part_buffer import PartBuffer
 
 log = logging.getLogger(__name__)
 # The user metadata (x-amz-meta-sha256) that carries an object's SHA-256.
@@ -30,16 +32,24 @@ class UploadTarget:
     bucket: str
     key: str
     content_type: str
+    # Send each body's CRC32, computed as its bytes came (request_checksum_calculation
+    # "when_supported"), so that botocore does not read the body again to compute it.
+    checksums: bool = True
 
-    async def put(self, data: bytes | bytearray, sha256: str) -> str:
+    def checksum_args(self, part: PartBuffer) -> dict[str, str]:
+        return {"ChecksumCRC32": part.crc32} if self.checksums else {}
+
+    async def put(self, part: PartBuffer, sha256: str) -> str:
         """The whole object in one PutObject; returns its ETag."""
         response = await upstream(
             self.client.put_object(
                 Bucket=self.bucket,
                 Key=self.key,
-                Body=data,
+                Body=await part.body(),
+                ContentLength=part.size,
                 ContentType=self.content_type,
                 Metadata={SHA256_META: sha256},
+                **self.checksum_args(part),
             )
         )
         return quoted_etag(response["ETag"])
@@ -53,42 +63,75 @@ class UploadTarget:
         upload_id: str = response["UploadId"]
         return upload_id
 
-    def part_sender(self, upload_id: str, *, max_concurrency: int, budget: MemoryBudget) -> PartSender:
-        return PartSender(self, upload_id, max_concurrency=max_concurrency, budget=budget)
+    def part_sender(self, upload_id: str, *, max_concurrency: int) -> PartSender:
+        return PartSender(self, upload_id, max_concurrency=max_concurrency)
 
-    async def complete(self, upload_id: str, etags: Mapping[int, str]) -> tuple[str, int]:
+    async def complete(self, upload_id: str, etags: Mapping[int, str]) -> str:
         """Complete the multipart upload with exactly these parts (S3 refuses the
-        call if a part's ETag is not the one it holds); returns the object's ETag
-        and size."""
+        call if a part's ETag is not the one it holds); returns the ETag of the
+        version it made.
+
+        That ETag comes from Complete's answer or, where the server leaves it empty
+        (Ceph RGW), from the parts' ETags as S3 computes it; never from a HEAD,
+        which may already see a racing writer's version. If the answer is lost (or
+        a retry finds the upload gone because the first call completed it), the
+        object is looked at: holding the version these parts make, it was published.
+        """
         parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
-        await upstream(
-            self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=self.key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+        expected = multipart_etag([etags[n] for n in sorted(etags)])
+        try:
+            response = await upstream(
+                self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=self.key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
             )
-        )
-        # Some servers (Ceph RGW) answer Complete with an empty ETag: ask for it.
-        head = await upstream(self.client.head_object(Bucket=self.bucket, Key=self.key))
-        return quoted_etag(head["ETag"]), int(head["ContentLength"])
+        except UpstreamError:
+            if expected is None or await self._current_etag() != expected:
+                raise
+            log.info("%s: Complete's answer was lost, but it published the object", self.key)
+            return expected
+        etag = response.get("ETag")
+        if etag:
+            return quoted_etag(etag)
+        if expected is None:
+            raise UpstreamError("S3 named no ETag for the object it completed")
+        return expected
+
+    async def _current_etag(self) -> str | None:
+        try:
+            head = await upstream(self.client.head_object(Bucket=self.bucket, Key=self.key), key=self.key)
+        except StorageError:
+            return None
+        return quoted_etag(head["ETag"])
 
     async def attach_sha256(self, etag: str, size: int, sha256: str) -> str:
         """Store the hash as user metadata, which S3 only takes when an object is
-        written: copy the object onto itself, guarded by its ETag so that a newer
-        upload to the same key is never relabelled. Servers that keep the data in
-        place (RGW) do this as a metadata update; S3 cannot copy more than 5 GiB."""
+        written: copy the object onto itself, guarded by ``etag`` (the version this
+        upload made) so that a newer upload to the same key is never relabelled.
+        Servers that keep the data in place (RGW) do this as a metadata update; S3
+        cannot copy more than 5 GiB. Returns the ETag of this upload's version.
+
+        If another writer replaced or deleted the object meanwhile, there is nothing
+        to label; any other failure is raised (UpstreamError), and the object stays
+        as it is, without a hash: a reader then gets none, never a wrong one."""
         if size > MAX_PART_SIZE:
             log.warning("%s: %d bytes is too large to attach sha256 metadata", self.key, size)
             return etag
-        response = await upstream(
-            self.client.copy_object(
-                Bucket=self.bucket,
-                Key=self.key,
-                CopySource={"Bucket": self.bucket, "Key": self.key},
-                CopySourceIfMatch=etag,
-                MetadataDirective="REPLACE",
-                ContentType=self.content_type,
-                Metadata={SHA256_META: sha256},
+        try:
+            response = await upstream(
+                self.client.copy_object(
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    CopySource={"Bucket": self.bucket, "Key": self.key},
+                    CopySourceIfMatch=etag,
+                    MetadataDirective="REPLACE",
+                    ContentType=self.content_type,
+                    Metadata={SHA256_META: sha256},
+                ),
+                key=self.key,
             )
-        )
+        except ObjectNotFound:  # also a failed CopySourceIfMatch
+            return etag  # replaced or deleted by another request since
         new_etag = response.get("CopyObjectResult", {}).get("ETag")
         return quoted_etag(new_etag) if new_etag else etag
 
@@ -99,6 +142,18 @@ class UploadTarget:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
             )
         )
+
+
+def multipart_etag(part_etags: list[str]) -> str | None:
+    """The ETag S3 gives an object completed from parts with these ETags: the MD5 of
+    their MD5s and the part count; None where part ETags are no MD5s (SSE-KMS)."""
+    try:
+        md5s = b"".join(bytes.fromhex(etag.strip('"')) for etag in part_etags)
+    except ValueError:
+        return None
+    if len(md5s) != 16 * len(part_etags):
+        return None
+    return f'"{hashlib.md5(md5s, usedforsecurity=False).hexdigest()}-{len(part_etags)}"'
 
 
 async def _unless_gone(call: Awaitable[Any]) -> None:
@@ -112,17 +167,14 @@ async def _unless_gone(call: Awaitable[Any]) -> None:
 class PartSender:
     """Sends parts of one multipart upload with at most ``max_concurrency`` in flight.
 
-    Each part owns its buffer and its MemoryBudget reservation from ``start`` on and
-    hands the reservation back once S3 has it, stored or not.
+    Each part's buffer belongs to the sender from ``start`` on; it is closed (its
+    memory reservation and file given back) once S3 has the part, stored or not.
     """
 
-    def __init__(
-        self, target: UploadTarget, upload_id: str, *, max_concurrency: int, budget: MemoryBudget
-    ) -> None:
+    def __init__(self, target: UploadTarget, upload_id: str, *, max_concurrency: int) -> None:
         self._target = target
         self._upload_id = upload_id
         self._max_concurrency = max_concurrency
-        self._budget = budget
         self._tasks: set[asyncio.Task[None]] = set()
         self.etags: dict[int, str] = {}
 
@@ -131,8 +183,8 @@ class PartSender:
         while len(self._tasks) >= self._max_concurrency:
             await self._wait_any()
 
-    def start(self, number: int, data: bytearray, reserved: int) -> None:
-        self._tasks.add(asyncio.ensure_future(self._upload(number, data, reserved)))
+    def start(self, number: int, part: PartBuffer) -> None:
+        self._tasks.add(asyncio.ensure_future(self._upload(number, part)))
 
     async def wait_all(self) -> None:
         """Wait for every part started; raises the first part failure."""
@@ -151,7 +203,7 @@ class PartSender:
                     task.result()
         self._tasks.clear()
 
-    async def _upload(self, number: int, data: bytearray, reserved: int) -> None:
+    async def _upload(self, number: int, part: PartBuffer) -> None:
         target = self._target
         try:
             response = await upstream(
@@ -160,14 +212,14 @@ class PartSender:
                     Key=target.key,
                     UploadId=self._upload_id,
                     PartNumber=number,
-                    Body=data,
-                    ContentLength=len(data),
+                    Body=await part.body(),
+                    ContentLength=part.size,
+                    **target.checksum_args(part),
                 )
             )
             self.etags[number] = response["ETag"]
         finally:
-            del data
-            self._budget.release(reserved)
+            part.close()
 
     async def _wait_any(self) -> None:
         done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)

@@ -23,6 +23,7 @@ from proxy.storage.s3.resumable.lease import Lease
 from proxy.storage.s3.resumable.plan import PartLayout, leftover_is_part, part_target
 from proxy.storage.s3.resumable.records import UploadRecords
 from proxy.streaming.budget import MemoryBudget
+from proxy.streaming.part_buffer import PartBuffer
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,9 @@ log = logging.getLogger(__name__)
 class Append:
     """One append on its way into S3: the part being filled, the parts sent, the new tail.
 
-    The part buffer is reserved from the storage's MemoryBudget before it is filled,
-    starting with the current tail, at its whole size (part_target); every full part
-    goes to a PartSender, which owns the buffer and reservation from then on.
+    The part being filled (a PartBuffer: in memory as far as the storage's
+    MemoryBudget allows) starts with the current tail; every full part goes to a
+    PartSender, which owns its buffer from then on.
     """
 
     def __init__(
@@ -56,9 +57,8 @@ class Append:
         self._sent: list[tuple[int, int]] = []  # (number, size) of the parts this append sent
         self._sender: PartSender | None = None
         self._creating: asyncio.Future[None] | None = None
-        self._buf = bytearray()
+        self._part = PartBuffer(budget)
         self._fill_to = 0  # the size at which the part in the buffer is sent
-        self._reserved = 0
         # Bytes the body has given (and hashed) that are not in the buffer yet.
         self._pending = memoryview(b"")
         self._new_tail: str | None = None
@@ -66,33 +66,30 @@ class Append:
 
     async def take(self, body: UploadBody) -> None:
         """Read all of ``body``, sending each part as it fills; the rest stays in the buffer."""
-        await self._reserve(body, self._state.offset - self._layout.in_parts)
-        await self._records.read_tail(self._state, self._layout, self._buf)
+        self._plan(body, self._state.offset - self._layout.in_parts)
+        await self._records.read_tail(self._state, self._layout, self._part)
         chunks = aiter(body)
         while True:
             # A cut-off append may have kept a whole part as its tail.
-            if len(self._buf) >= self._fill_to:
+            if self._part.size >= self._fill_to:
                 await self._send_part()
-                await self._reserve(body, 0)
+                self._plan(body, 0)
             if not self._pending:
                 chunk = await self._next(chunks)
                 if chunk is None:
                     return
                 self._pending = memoryview(chunk)
                 self._lease.check()
-            room = self._fill_to - len(self._buf)
-            self._buf += self._pending[:room]
-            self._pending = self._pending[room:]
+            room = self._fill_to - self._part.size
+            piece, self._pending = self._pending[:room], self._pending[room:]
+            await self._part.add(piece)  # in the part even if cancelled meanwhile
 
-    async def _reserve(self, body: UploadBody, buffered: int) -> None:
-        """Size the part about to be filled, which holds ``buffered`` bytes, and
-        reserve it. Nothing else is held meanwhile (the parts in flight let go of
-        theirs on their own), so two appends never wait for each other."""
+    def _plan(self, body: UploadBody, buffered: int) -> None:
+        """Size the part about to be filled, which holds ``buffered`` bytes."""
         to_come = None
         if body.expected is not None:
             to_come = max(body.expected - body.taken, 0) + len(self._pending)
         self._fill_to = part_target(self._layout.size_of(self._number), buffered, to_come)
-        self._reserved = await self._budget.acquire(self._fill_to)
 
     async def _next(self, chunks: AsyncIterator[bytes]) -> bytes | None:
         try:
@@ -113,13 +110,12 @@ class Append:
                 await asyncio.shield(self._creating)
             assert self._layout.upload_id is not None
             self._sender = self._target.part_sender(
-                self._layout.upload_id, max_concurrency=self._max_concurrency, budget=self._budget
+                self._layout.upload_id, max_concurrency=self._max_concurrency
             )
         await self._sender.wait_for_slot()
-        data, reserved = self._buf, self._reserved
-        self._buf, self._reserved = bytearray(), 0
-        self._sender.start(self._number, data, reserved)
-        self._sent.append((self._number, len(data)))
+        part, self._part = self._part, PartBuffer(self._budget)
+        self._sender.start(self._number, part)
+        self._sent.append((self._number, part.size))
         self._number += 1
 
     async def _create_multipart(self) -> None:
@@ -148,10 +144,10 @@ class Append:
             await self._settle()
             # Cancelled between taking a chunk and buffering all of it: body.taken
             # (and the hash) count those bytes, so they are stored too.
-            self._buf += self._pending
-            self._pending = memoryview(b"")
+            pending, self._pending = self._pending, memoryview(b"")
+            await self._part.add(pending)
             if leftover_is_part(
-                buffered=len(self._buf),
+                buffered=self._part.size,
                 number=self._number,
                 part_size=self._layout.part_size,
                 growing=self._layout.growing,
@@ -169,8 +165,7 @@ class Append:
             await self.discard()
             raise
         finally:
-            self._budget.release(self._reserved)
-            self._reserved = 0
+            self._part.close()
         if layout.tail != self._layout.tail and self._layout.tail is not None:
             await self._records.delete_tail(self._state.id, self._layout.tail)
         return saved
@@ -182,11 +177,11 @@ class Append:
         return tuple((number, etags[number], size) for number, size in self._sent)
 
     async def _put_tail(self) -> str | None:
-        if not self._buf:
+        if not self._part.size:
             return None
         # Named before the PUT, so that discard() removes it even if its answer is lost.
         self._new_tail = self._records.new_tail()
-        await self._records.put_tail(self._state.id, self._new_tail, self._buf)
+        await self._records.put_tail(self._state.id, self._new_tail, self._part)
         return self._new_tail
 
     async def discard(self) -> None:
@@ -195,7 +190,6 @@ class Append:
         await self._settle()
         if self._sender is not None:
             await self._sender.cancel()
-        self._budget.release(self._reserved)
-        self._reserved = 0
+        self._part.close()
         if self._new_tail is not None:
             await self._records.delete_tail(self._state.id, self._new_tail)

@@ -27,6 +27,7 @@ from proxy.storage.resumable import UploadNotFound, UploadState
 from proxy.storage.s3.errors import error_code, quoted_etag, upstream
 from proxy.storage.s3.objects import READ_CHUNK, S3Storage
 from proxy.storage.s3.resumable.plan import PartLayout
+from proxy.streaming.part_buffer import PartBuffer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,9 +63,8 @@ class UploadRecords:
             response = await upstream(self._client.get_object(Bucket=self._bucket, Key=key), key=key)
         except ObjectNotFound:
             raise UploadNotFound(upload_id) from None
-        data = bytearray()
-        await upstream(_read_into(response["Body"], data))
-        return UploadState.from_json(bytes(data), version=quoted_etag(response["ETag"])), response
+        data = await upstream(_read_all(response["Body"]))
+        return UploadState.from_json(data, version=quoted_etag(response["ETag"])), response
 
     async def put_state(self, state: UploadState, *, if_match: str | None) -> str:
         """Write ``state`` if the stored one is still ``if_match`` (None: if there is
@@ -102,7 +102,7 @@ class UploadRecords:
 
     # Tails
 
-    async def read_tail(self, state: UploadState, parts: PartLayout, buf: bytearray) -> None:
+    async def read_tail(self, state: UploadState, parts: PartLayout, buf: PartBuffer) -> None:
         """Add the bytes of the tail ``parts`` names, if any, to ``buf``."""
         if parts.tail is None:
             return
@@ -113,8 +113,8 @@ class UploadRecords:
             raise UpstreamError(f"upload {state.id}: its stored bytes are missing ({key})") from None
         await upstream(_read_into(response["Body"], buf))
         expected = state.offset - parts.in_parts
-        if len(buf) != expected:
-            raise UpstreamError(f"upload {state.id}: {key} holds {len(buf)} bytes, not {expected}")
+        if buf.size != expected:
+            raise UpstreamError(f"upload {state.id}: {key} holds {buf.size} bytes, not {expected}")
 
     @staticmethod
     def new_tail() -> str:
@@ -122,9 +122,15 @@ class UploadRecords:
         lost can still be removed."""
         return uuid.uuid4().hex
 
-    async def put_tail(self, upload_id: str, token: str, data: bytes | bytearray) -> None:
+    async def put_tail(self, upload_id: str, token: str, data: PartBuffer) -> None:
         key = layout.upload_tail_key(upload_id, token)
-        await upstream(self._client.put_object(Bucket=self._bucket, Key=key, Body=data))
+        target = self._storage.upload_target(key, "application/octet-stream")
+        body = await data.body()
+        await upstream(
+            self._client.put_object(
+                Bucket=self._bucket, Key=key, Body=body, ContentLength=data.size, **target.checksum_args(data)
+            )
+        )
 
     async def delete_tail(self, upload_id: str, token: str) -> None:
         """Delete a tail that nothing refers to any more; one left behind goes when
@@ -176,9 +182,17 @@ async def _conditional(call: Awaitable[T]) -> T:
         raise
 
 
-async def _read_into(stream: Any, buf: bytearray) -> None:
+async def _read_all(stream: Any) -> bytes:
+    try:
+        data: bytes = await stream.read()  # a state: a few hundred bytes
+        return data
+    finally:
+        stream.close()
+
+
+async def _read_into(stream: Any, buf: PartBuffer) -> None:
     try:
         async for chunk in stream.iter_chunks(READ_CHUNK):
-            buf += chunk
+            await buf.add(chunk)
     finally:
         stream.close()

@@ -69,7 +69,7 @@ class S3ResumableStore:
         return await self.leases.holding(state).save(state)
 
     def _target(self, state: UploadState) -> UploadTarget:
-        return UploadTarget(self.storage.client, self.storage.bucket, state.key, state.content_type)
+        return self.storage.upload_target(state.key, state.content_type)
 
     async def append(self, state: UploadState, body: UploadBody) -> UploadState:
         appending = Append(
