@@ -182,7 +182,10 @@ class LocalView(StoreView):
     def leftovers(self) -> list[str]:
         """Temporary files by name, and resumable upload directories as ``upload <id>``."""
         tmp, uploads = self.root / layout.TMP, self.root / layout.UPLOADS
-        found = [p.name for p in tmp.iterdir()] if tmp.exists() else []
+        found = []
+        for p in tmp.iterdir() if tmp.exists() else []:
+            # A process keeps its temporary files in a directory of its own: what counts is what is in it.
+            found += [c.name for c in p.iterdir()] if p.name.endswith(layout.TMP_PROCESS_SUFFIX) else [p.name]
         found += [f"upload {p.name}" for p in uploads.iterdir()] if uploads.exists() else []
         return sorted(found)
 
@@ -202,16 +205,17 @@ class S3View(StoreView):
         body: bytes = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         return body
 
-    def _all_keys(self) -> list[str]:
+    def all_keys(self) -> list[str]:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
         return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
 
     def keys(self) -> list[str]:
-        return [k for k in self._all_keys() if not k.startswith(INTERNAL_PREFIX + "/")]
+        return [k for k in self.all_keys() if not k.startswith(INTERNAL_PREFIX + "/")]
 
     def internal_keys(self) -> list[str]:
-        """The backend's own objects (resumable uploads' state and bytes)."""
-        return [k for k in self._all_keys() if k.startswith(INTERNAL_PREFIX + "/")]
+        """The backend's own objects (resumable uploads' state and bytes, writers'
+        records of uploads in progress), but not a live process's heartbeat."""
+        return [k for k in self.all_keys() if k.startswith(INTERNAL_PREFIX + "/") and not _is_heartbeat(k)]
 
     def leftovers(self) -> list[str]:
         """Multipart uploads as ``key:UploadId``, and resumable uploads as
@@ -226,6 +230,11 @@ class S3View(StoreView):
     def metadata(self, key: str) -> dict[str, Any]:
         head = self.client.head_object(Bucket=self.bucket, Key=key)
         return {"content_type": head["ContentType"], "size": head["ContentLength"], **head["Metadata"]}
+
+
+def _is_heartbeat(key: str) -> bool:
+    """A process's heartbeat, not an upload (its uploads' records do count)."""
+    return key.startswith(layout.WRITERS) and key.split("/")[-1] == layout.WRITER_ALIVE
 
 
 class MemoryView(StoreView):

@@ -7,6 +7,8 @@ these keys; S3 uses them as they are.
 
 - ``tmp/``: local only. Uploads in progress, on the objects' file system so that a
   finished one is renamed into place, and resumable uploads being built or removed.
+  Each process keeps them in ``tmp/<id>.process/``, a directory it holds locked for
+  its life (local.leftovers); entries straight in ``tmp/`` are older versions'.
 - ``meta/<h2>/<h>.json``: local only. An object's content type and SHA-256, named
   by the SHA-256 ``h`` of its key (``h2``: its first two hex digits), so that no key
   collides with another's metadata (``a`` and ``a.json/b``) or makes a file name
@@ -14,6 +16,10 @@ these keys; S3 uses them as they are.
 - ``uploads/<id>/``: one resumable upload. ``state.json`` on both backends; locally
   also ``data`` (the bytes so far) and ``lock``; on S3 ``tail-<token>``, the bytes
   that do not yet fill a part.
+- ``writers/<writer>/``: S3 only. One per process that writes objects (s3.writers):
+  ``alive``, rewritten as its heartbeat, and ``upload-<h>`` for each multipart upload
+  it has started and not yet completed or aborted, so that others can abort those
+  once it is dead.
 """
 
 from __future__ import annotations
@@ -26,11 +32,18 @@ INTERNAL = INTERNAL_PREFIX + "/"
 TMP = INTERNAL + "tmp/"
 META = INTERNAL + "meta/"
 UPLOADS = INTERNAL + "uploads/"
+WRITERS = INTERNAL + "writers/"
 
 # The files of one resumable upload, under upload_prefix().
 UPLOAD_STATE = "state.json"
 UPLOAD_DATA = "data"
 UPLOAD_LOCK = "lock"
+
+# The directory of one process under tmp/ ends so; anything else there is older.
+TMP_PROCESS_SUFFIX = ".process"
+# The files of one writer, under writer_prefix().
+WRITER_ALIVE = "alive"
+WRITER_UPLOAD = "upload-"
 
 
 def is_internal(key: str) -> bool:
@@ -58,3 +71,18 @@ def upload_tail_key(upload_id: str, token: str) -> str:
 def upload_id_of(prefix: str) -> str:
     """The id in an ``upload_prefix()``, as a delimited listing returns it."""
     return prefix.removeprefix(UPLOADS).removesuffix("/")
+
+
+def writer_prefix(writer_id: str) -> str:
+    return f"{WRITERS}{writer_id}/"
+
+
+def writer_alive_key(writer_id: str) -> str:
+    return writer_prefix(writer_id) + WRITER_ALIVE
+
+
+def writer_upload_key(writer_id: str, upload_id: str) -> str:
+    """The record of a multipart upload ``writer_id`` started; named by the upload id's
+    hash, since ids are the server's text of any length."""
+    digest = hashlib.sha256(upload_id.encode("utf-8")).hexdigest()[:32]
+    return writer_prefix(writer_id) + WRITER_UPLOAD + digest

@@ -14,31 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
-import shutil
-import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from proxy.rules.keys import (
-    INTERNAL_PREFIX,
-    is_valid_key,
-    validate_cursor,
-    validate_list_prefix,
-)
 from proxy.storage.base import KeyConflict, ObjectInfo, ObjectNotFound, ObjectPage, StorageError
 from proxy.storage.local.files import WRITE_BLOCK, BlockWriter, fsync_dir, local_etag, write_synced
+from proxy.storage.local.leftovers import SWEEP_INTERVAL, ProcessTemp
+from proxy.storage.local.listing import list_page
 from proxy.storage.local.paths import LocalPaths
+from proxy.storage.periodic import every, stop
 from proxy.streaming.bodies import HashingReader
 from proxy.streaming.cleanups import Cleanups
 
 T = TypeVar("T")
 READ_BLOCK = 256 * 1024
-# Temporary files this old are left over from a crashed process, not a slow upload.
-STALE_TMP_SECONDS = 24 * 3600
 
 
 async def _run(fn: Callable[..., T], *args: Any) -> T:
@@ -46,29 +40,38 @@ async def _run(fn: Callable[..., T], *args: Any) -> T:
 
 
 class LocalStorage:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, sweep_interval: float = SWEEP_INTERVAL) -> None:
         self.paths = LocalPaths(root)
         self.root = self.paths.root
         self._cleanups = Cleanups()
+        # Temporary files live in a directory this process holds locked (local.leftovers).
+        self._temp = ProcessTemp(self.paths.tmp)
+        self._sweep_interval = sweep_interval
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await _run(self._prepare)
+        # Other processes sharing the root may die while this one runs.
+        sweep = functools.partial(_run, self._temp.sweep)
+        what = "sweep for temporary files of ended processes"
+        self._sweeper = asyncio.create_task(every(self._sweep_interval, sweep, what, now=False))
 
     async def close(self) -> None:
         await self._cleanups.drain()
+        await stop(self._sweeper)
+        self._sweeper = None
+        await _run(self._release)
 
     def _prepare(self) -> None:
         self.paths.tmp.mkdir(parents=True, exist_ok=True)
         self.paths.meta.mkdir(parents=True, exist_ok=True)
-        cutoff = time.time() - STALE_TMP_SECONDS
-        for entry in os.scandir(self.paths.tmp):
-            with contextlib.suppress(OSError):
-                if entry.stat().st_mtime < cutoff:
-                    # Resumable uploads build and remove their directories here.
-                    if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path)
-                    else:
-                        os.unlink(entry.path)
+        self.paths.own_tmp = self._temp.claim()
+        # Before serving: a restart leaves nothing of the process it replaces.
+        self._temp.sweep()
+
+    def _release(self) -> None:
+        self.paths.own_tmp = None
+        self._temp.release()
 
     # -- write ---------------------------------------------------------------
 
@@ -256,42 +259,6 @@ class LocalStorage:
     async def delete(self, key: str) -> None:
         await _run(self._delete, key)
 
-    def _list(self, prefix: str, limit: int, cursor: str | None) -> ObjectPage:
-        validate_list_prefix(prefix)
-        if cursor is not None:
-            validate_cursor(cursor)
-        # Walk only the directory the prefix names, and only if it is inside the root
-        # (a symlinked directory could lead anywhere; below it, links are not followed).
-        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        start_dir = self.root / base
-        if not self.paths.holds_objects(start_dir):
-            return ObjectPage([], None)
-        keys: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(start_dir):
-            rel_dir = os.path.relpath(dirpath, self.root)
-            if rel_dir == ".":
-                dirnames[:] = [d for d in dirnames if d != INTERNAL_PREFIX]
-                rel_dir = ""
-            for name in filenames:
-                key = f"{rel_dir}/{name}" if rel_dir else name
-                if key.startswith(prefix) and (cursor is None or key > cursor) and is_valid_key(key):
-                    keys.append(key)
-        keys.sort()  # code point order is UTF-8 byte order, as S3 lists
-        # Names that are no object (a symlink out of the root, a FIFO) are passed over
-        # and never named, not even as the cursor: one object past the page tells
-        # whether there is more.
-        objects: list[ObjectInfo] = []
-        more = False
-        for key in keys:
-            try:
-                info = self._stat(key)
-            except ObjectNotFound:
-                continue
-            if len(objects) == limit:
-                more = True
-                break
-            objects.append(info)
-        return ObjectPage(objects, objects[-1].key if more and objects else None)
-
     async def list(self, prefix: str = "", limit: int = 1000, cursor: str | None = None) -> ObjectPage:
-        return await _run(self._list, prefix, limit, cursor)
+        # In the listing's own threads (storage.local.listing), not _run's.
+        return await list_page(self.paths, self._stat, prefix, limit, cursor)

@@ -34,6 +34,9 @@ class LocalPaths:
         self.tmp = self.root / layout.TMP
         self.meta = self.root / layout.META
         self.uploads = self.root / layout.UPLOADS
+        # This process's locked directory in tmp (local.leftovers), once the backend
+        # has claimed it at start; until then temporary names are straight in tmp.
+        self.own_tmp: Path | None = None
 
     def object(self, key: str) -> Path:
         """The data file of ``key``; refuses keys that would escape the root or use
@@ -71,9 +74,10 @@ class LocalPaths:
         return self.root / layout.meta_key(key)
 
     def temp(self, suffix: str) -> Path:
-        """A fresh name in the backend's temporary directory, on the objects' file
-        system so that whatever is made there can be renamed into place."""
-        return self.tmp / f"{uuid.uuid4().hex}{suffix}"
+        """A fresh name in this process's temporary directory, on the objects' file
+        system so that whatever is made there can be renamed into place, and removed
+        by another process's sweep if this one dies (local.leftovers)."""
+        return (self.own_tmp or self.tmp) / f"{uuid.uuid4().hex}{suffix}"
 
     def upload(self, upload_id: str) -> Path:
         """The directory of a resumable upload."""

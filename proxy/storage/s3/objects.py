@@ -15,9 +15,10 @@ from proxy.config import S3Config
 from proxy.rules.keys import is_valid_key, validate_cursor, validate_key, validate_list_prefix
 from proxy.storage.base import BodyRelay, ObjectInfo, ObjectPage
 from proxy.storage.s3.errors import quoted_etag, upstream
-from proxy.storage.s3.multipart import SHA256_META
+from proxy.storage.s3.multipart import SHA256_META, UploadTarget
 from proxy.storage.s3.put import S3Upload, UploadSettings
 from proxy.storage.s3.relay import S3Relay
+from proxy.storage.s3.writers import Writers
 from proxy.streaming.budget import MemoryBudget
 from proxy.streaming.cleanups import Cleanups
 
@@ -80,6 +81,9 @@ class S3Storage:
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self._relay: S3Relay | None = None
+        # Records of the multipart uploads in progress, for other processes to abort
+        # should this one die; and the sweep that does so for others.
+        self.writers = Writers(self.bucket)
 
     @property
     def client(self) -> Any:
@@ -99,14 +103,20 @@ class S3Storage:
             connect_timeout=self.cfg.connect_timeout,
             read_timeout=self.cfg.read_timeout,
         )
+        await self.writers.start(self._client)
 
     async def close(self) -> None:
         await self.cleanups.drain()
+        await self.writers.close()  # after the aborts it waited for, before the client goes
         if self._relay is not None:
             self._relay.close()
             self._relay = None
         await self._stack.aclose()
         self._client = None
+
+    def upload_target(self, key: str, content_type: str) -> UploadTarget:
+        checksums = self.cfg.request_checksum_calculation == "when_supported"
+        return UploadTarget(self.client, self.bucket, key, content_type, checksums=checksums)
 
     async def write(
         self,
@@ -119,14 +129,12 @@ class S3Storage:
         validate_key(key)
         self._recent.forget(key)
         upload = S3Upload(
-            self.client,
-            self.bucket,
-            key,
-            content_type=content_type,
+            self.upload_target(key, content_type or "application/octet-stream"),
             size=size,
             settings=self._settings,
             budget=self.budget,
             cleanups=self.cleanups,
+            writers=self.writers,
         )
         result = await upload.run(body)
         return ObjectInfo(

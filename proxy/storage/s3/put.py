@@ -3,9 +3,9 @@
 S3Upload sends a small body with one PutObject and a larger one as a multipart
 upload. Parts are filled from the client one at a time and sent with up to
 ``max_concurrency`` in flight (PartSender), so an upload holds at most
-``max_concurrency + 1`` part buffers, each reserved from the process-wide
-MemoryBudget before it is read. Any failure aborts the multipart upload, so nothing
-partial is left in the bucket.
+``max_concurrency + 1`` part buffers, in memory as far as the process-wide
+MemoryBudget allows, else in temporary files (PartBuffer). Any failure aborts the
+multipart upload, so nothing partial is left in the bucket.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
-from proxy.storage.base import ObjectTooLarge
+from proxy.storage.base import ObjectTooLarge, StorageError
 from proxy.storage.s3.limits import (
     MAX_OBJECT_SIZE,
     MAX_PARTS,
@@ -23,9 +22,11 @@ from proxy.storage.s3.limits import (
     part_size_for_unknown_size,
 )
 from proxy.storage.s3.multipart import PartSender, UploadTarget
+from proxy.storage.s3.writers import Writers
 from proxy.streaming.bodies import HashingReader
 from proxy.streaming.budget import MemoryBudget
 from proxy.streaming.cleanups import Cleanups
+from proxy.streaming.part_buffer import PartBuffer
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +47,22 @@ class UploadResult:
 class S3Upload:
     def __init__(
         self,
-        client: Any,
-        bucket: str,
-        key: str,
+        target: UploadTarget,
         *,
-        content_type: str | None,
         size: int | None,
         settings: UploadSettings,
         budget: MemoryBudget,
         cleanups: Cleanups,
+        writers: Writers,
     ) -> None:
         if size is not None and size > MAX_OBJECT_SIZE:
             raise ObjectTooLarge(f"{size} bytes is over S3's object limit of {MAX_OBJECT_SIZE}")
-        self._target = UploadTarget(client, bucket, key, content_type or "application/octet-stream")
+        self._target = target
         self._size = size
         self._settings = settings
         self._budget = budget
         self._cleanups = cleanups
+        self._writers = writers  # keeps a record of each multipart upload while it is open
         self._upload_id: str | None = None
         self._sender: PartSender | None = None
 
@@ -73,29 +73,41 @@ class S3Upload:
 
     async def run(self, body: AsyncIterator[bytes]) -> UploadResult:
         reader = HashingReader(body)
-        reserved = await self._budget.acquire(self._part_size(1))
+        first = PartBuffer(self._budget)
+        unsent: PartBuffer | None = first  # the sender closes the parts it is given
         try:
-            first = await reader.read(self._part_size(1))
+            await reader.fill(first, self._part_size(1))
             if await reader.at_eof():
                 etag = await self._target.put(first, reader.sha256)
                 return UploadResult(reader.size, reader.sha256, etag)
             self._upload_id = await self._target.create_multipart()
+            await self._writers.started(self._target.key, self._upload_id)
             self._sender = self._target.part_sender(
-                self._upload_id, max_concurrency=self._settings.max_concurrency, budget=self._budget
+                self._upload_id, max_concurrency=self._settings.max_concurrency
             )
-            self._sender.start(1, first, reserved)
-            reserved = 0
-            del first
+            self._sender.start(1, first)
+            unsent = None
             await self._send_rest(reader, self._sender)
-            etag, size = await self._target.complete(self._upload_id, self._sender.etags)
+            etag = await self._target.complete(self._upload_id, self._sender.etags)
+            await self._writers.ended(self._upload_id)
             self._upload_id = None
-            etag = await self._target.attach_sha256(etag, size, reader.sha256)
+            etag = await self._attach_sha256(etag, reader)
             return UploadResult(reader.size, reader.sha256, etag)
         except BaseException:
             await self._cleanups.run(self._abort())
             raise
         finally:
-            self._budget.release(reserved)
+            if unsent is not None:
+                unsent.close()
+
+    async def _attach_sha256(self, etag: str, reader: HashingReader) -> str:
+        """The object is published: no failure from here on may undo the write or
+        make its answer an error, as the client cannot send the body again."""
+        try:
+            return await self._target.attach_sha256(etag, reader.size, reader.sha256)
+        except StorageError as exc:
+            log.warning("%s: published without its sha256, as the copy failed: %s", self._target.key, exc)
+            return etag
 
     async def _send_rest(self, reader: HashingReader, sender: PartSender) -> None:
         number = 1
@@ -103,15 +115,14 @@ class S3Upload:
             number += 1
             if number > MAX_PARTS:
                 raise ObjectTooLarge(f"the body needs more than {MAX_PARTS} parts")
-            size = self._part_size(number)
-            reserved = await self._budget.acquire(size)
+            part = PartBuffer(self._budget)
             try:
-                data = await reader.read(size)
+                await reader.fill(part, self._part_size(number))
                 await sender.wait_for_slot()
             except BaseException:
-                self._budget.release(reserved)
+                part.close()
                 raise
-            sender.start(number, data, reserved)
+            sender.start(number, part)
         await sender.wait_all()
 
     async def _abort(self) -> None:
@@ -124,3 +135,5 @@ class S3Upload:
         except Exception:
             # Logged, not raised: another error is already on its way up.
             log.exception("could not abort multipart upload %s of %s", self._upload_id, self._target.key)
+        else:
+            await self._writers.ended(self._upload_id)

@@ -14,7 +14,7 @@ from proxy.rules.keys import InvalidKey
 from proxy.storage import layout
 from proxy.storage.base import KeyConflict, ObjectNotFound
 from proxy.storage.local.objects import LocalStorage
-from tests.conftest import agen
+from tests.conftest import LocalView, agen
 
 
 @pytest.fixture
@@ -36,12 +36,12 @@ async def test_object_appears_only_when_complete(storage: LocalStorage) -> None:
     task = asyncio.create_task(storage.write("v/clip.mp4", slow_body(), content_type="video/mp4"))
     await asyncio.sleep(0.2)
     assert not (storage.root / "v" / "clip.mp4").exists()
-    assert len(list((storage.root / layout.TMP).iterdir())) == 1
+    assert len(LocalView(storage.root).leftovers()) == 1
     gate.set()
     info = await task
     assert info.size == 3_000_010
     assert (storage.root / "v" / "clip.mp4").stat().st_size == 3_000_010
-    assert list((storage.root / layout.TMP).iterdir()) == []
+    assert LocalView(storage.root).leftovers() == []
 
 
 async def test_symlink_out_of_root_is_refused(storage: LocalStorage, tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ async def test_file_and_directory_conflicts(storage: LocalStorage) -> None:
     with pytest.raises(KeyConflict):
         await storage.write("d", agen([b"4"]), content_type=None)
     assert (storage.root / "a").read_bytes() == b"1"
-    assert list((storage.root / layout.TMP).iterdir()) == []
+    assert LocalView(storage.root).leftovers() == []
 
 
 async def test_metadata_of_a_replaced_file_is_ignored(storage: LocalStorage) -> None:
