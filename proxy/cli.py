@@ -17,7 +17,9 @@ from aiohttp import web
 
 from proxy.app import create_app
 from proxy.config import Config, ConfigError, load_config
+from proxy.web import descriptors
 from proxy.web.server import ProxyRunner
+from proxy.web.settings import ConnectionSettings
 
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
 
@@ -54,8 +56,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _serve(config: Config, host: str, port: int) -> None:
+    _prepare_descriptors(config)
+    asyncio.get_running_loop().set_exception_handler(descriptors.loop_exception_handler)
     runner = ProxyRunner(
         create_app(config),
+        connections=ConnectionSettings.of(config),
         handle_signals=True,
         access_log_format=ACCESS_LOG_FORMAT,
         shutdown_timeout=config.server.shutdown_timeout,
@@ -73,6 +78,19 @@ async def _serve(config: Config, host: str, port: int) -> None:
         await asyncio.Event().wait()  # until a signal ends the loop (GracefulExit)
     finally:
         await runner.cleanup()
+
+
+def _prepare_descriptors(config: Config) -> None:
+    limit = descriptors.raise_descriptor_limit()
+    wanted = config.server.max_connections
+    if limit is not None and (not wanted or wanted >= limit):
+        # Not fatal: past the limit requests are answered 503 until clients leave.
+        logging.getLogger(__name__).warning(
+            "server.max_connections (%s) is not below the descriptor limit (ulimit -n: %d), which "
+            "connections, files and S3 connections share: past it requests get 503 server_busy",
+            wanted or "no limit",
+            limit,
+        )
 
 
 def _listen_problem(exc: OSError, host: str, port: int) -> str:

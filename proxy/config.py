@@ -74,9 +74,25 @@ class ServerConfig:
     cache_control: str = "no-cache"
     # A Range header with more ranges than this gets the whole object (200).
     max_ranges: int = 16
-    # Seconds an S3 download waits for its client to take more bytes before the
-    # connection is closed (0: no limit): a paused player must not hold S3 forever.
+    # Seconds a download waits for its client to take more bytes before the
+    # connection is closed (0: no limit): a paused player must not hold S3 or a file forever.
     send_timeout: float = 60.0
+    # -- time and connection limits: no client may hold the server's resources for long.
+    # Seconds a request body (PUT, POST, tus PATCH) may go without a byte while the
+    # server waits for one before the upload is aborted with 408 (0: no limit); like
+    # nginx's client_body_timeout.
+    body_timeout: float = 60.0
+    # Seconds a request head (request line and headers) may take from its first byte
+    # (0: no limit); a client trickling header lines is cut off after it.
+    head_timeout: float = 15.0
+    # Seconds a connection may wait without sending a byte, after it was accepted or
+    # after its last answer, before it is closed (0: no limit). Keep-alive saves the
+    # handshake between requests that follow each other within seconds (a player's
+    # ranges, a tus client's chunks); longer idling only holds a descriptor.
+    keepalive_timeout: float = 15.0
+    # Connections one process serves at once; past it a new connection gets 503 at
+    # once and is closed instead of waiting (0: no limit).
+    max_connections: int = 1000
     # Key prefixes whose HTML, SVG, XML and JavaScript are served inline, as a web
     # site's would be; elsewhere such objects go out as sandboxed downloads, so that
     # an uploaded page cannot run its script on this server's origin.
@@ -264,6 +280,10 @@ def _validate(config: Config) -> None:
         (server.shutdown_timeout >= 0, "server.shutdown_timeout: must not be negative"),
         (server.max_ranges >= 1, "server.max_ranges: must be at least 1"),
         (server.send_timeout >= 0, "server.send_timeout: must not be negative"),
+        (server.body_timeout >= 0, "server.body_timeout: must not be negative"),
+        (server.head_timeout >= 0, "server.head_timeout: must not be negative"),
+        (server.keepalive_timeout >= 0, "server.keepalive_timeout: must not be negative"),
+        (server.max_connections >= 0, "server.max_connections: must not be negative"),
         (
             storage.backend in ("local", "s3"),
             f"storage.backend: must be 'local' or 's3', got {storage.backend!r}",

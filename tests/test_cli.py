@@ -120,3 +120,33 @@ async def test_serve_uploads_and_stops_on_sigterm(tmp_path: Path) -> None:
         output = (await asyncio.wait_for(proc.communicate(), 40))[0].decode()
     assert proc.returncode == 0, output
     assert "Traceback" not in output
+
+
+async def test_serve_bounds_connections_as_configured(tmp_path: Path) -> None:
+    port = free_port()
+    proc = await start_server(
+        port,
+        storage_local_root=str(tmp_path / "data"),
+        server_max_connections="1",
+        server_keepalive_timeout="1",
+    )
+    try:
+        await wait_for_port(port)  # its probe connection is closed at once
+        await asyncio.sleep(0.3)
+        first_reader, first = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.sleep(0.3)
+        # The second connection is refused: 503 at once.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        async with asyncio.timeout(10):
+            refused = await reader.read()
+        writer.close()
+        assert refused.startswith(b"HTTP/1.1 503 ") and b'"too_many_connections"' in refused
+        # The first, silent, is closed after server.keepalive_timeout.
+        async with asyncio.timeout(10):
+            assert await first_reader.read() == b""
+        first.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = (await asyncio.wait_for(proc.communicate(), 40))[0].decode()
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output

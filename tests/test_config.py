@@ -345,7 +345,9 @@ def test_value_with_a_newline_is_reported_on_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("value", ["-1", "nan", "inf"])
-@pytest.mark.parametrize("setting", ["shutdown_timeout", "send_timeout"])
+@pytest.mark.parametrize(
+    "setting", ["shutdown_timeout", "send_timeout", "body_timeout", "head_timeout", "keepalive_timeout"]
+)
 def test_server_timeouts_must_be_finite_non_negative_numbers(setting: str, value: str) -> None:
     with pytest.raises(ConfigError, match=rf"server\.{setting}"):
         load_config(None, {f"STREAM_PROXY_SERVER_{setting.upper()}": value})
@@ -354,6 +356,21 @@ def test_server_timeouts_must_be_finite_non_negative_numbers(setting: str, value
 def test_send_timeout_defaults_to_a_minute_and_may_be_turned_off() -> None:
     assert load_config(None, {}).server.send_timeout == 60
     assert load_config(None, {"STREAM_PROXY_SERVER_SEND_TIMEOUT": "0"}).server.send_timeout == 0
+
+
+def test_time_and_connection_limits_default_to_bounded_values_and_0_turns_them_off() -> None:
+    server = load_config(None, {}).server
+    assert (server.body_timeout, server.head_timeout, server.keepalive_timeout) == (60, 15, 15)
+    assert server.max_connections == 1000
+    names = ("BODY_TIMEOUT", "HEAD_TIMEOUT", "KEEPALIVE_TIMEOUT", "MAX_CONNECTIONS")
+    off = load_config(None, {f"STREAM_PROXY_SERVER_{name}": "0" for name in names}).server
+    assert (off.body_timeout, off.head_timeout, off.keepalive_timeout, off.max_connections) == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "many"])
+def test_max_connections_must_be_a_whole_non_negative_number(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"server\.max_connections"):
+        load_config(None, {"STREAM_PROXY_SERVER_MAX_CONNECTIONS": value})
 
 
 def test_lists_come_from_toml_or_comma_separated_environment(tmp_path: Path) -> None:

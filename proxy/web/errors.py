@@ -19,6 +19,7 @@ from proxy.rules.tus import TusHeaderError
 from proxy.storage.base import KeyConflict, ObjectNotFound, ObjectTooLarge, UpstreamError
 from proxy.storage.resumable import ChecksumMismatch, UploadLocked, UploadNotFound
 from proxy.streaming.bodies import BodyTooLarge
+from proxy.web import descriptors
 from proxy.web.common_headers import request_id
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,15 @@ _MAPPED: list[tuple[type[Exception], int, str, str]] = [
 def to_api_error(exc: Exception) -> ApiError | None:
     if isinstance(exc, ApiError):
         return exc
+    if descriptors.out_of_descriptors(exc):
+        # A condition of the whole process, logged there once per interval.
+        descriptors.report("serving a request")
+        return ApiError(
+            503,
+            "server_busy",
+            "the server is too busy to take this request; try again shortly",
+            headers={"Retry-After": str(descriptors.RETRY_AFTER)},
+        )
     for cls, status, error, message in _MAPPED:
         if isinstance(exc, cls):
             api = ApiError(status, error, message.format(exc))
@@ -100,7 +110,7 @@ def error_response(request: web.BaseRequest, exc: Exception) -> web.Response | N
     api = to_api_error(exc)
     if api is None:
         return None
-    if api.status >= 500 and api.status != 505:
+    if api.status >= 500 and api.status not in (503, 505):
         log.warning("%s %s [%s]: %s", request.method, request.path, rid, api.detail)
     response = json_error(
         api.status, api.error, api.message, headers=api.headers, request_id=rid, **api.extra

@@ -13,7 +13,7 @@ from proxy.rules.content_types import content_type_for
 from proxy.rules.keys import sanitize_filename, validate_key, validate_prefix
 from proxy.streaming.bodies import BodyTooLarge, limited
 from proxy.web.errors import ApiError, to_api_error
-from proxy.web.requests import object_key, request_chunks, within_upload_limit
+from proxy.web.requests import body_wait, object_key, request_chunks, within_upload_limit
 from proxy.web.settings import MAX_UPLOAD, STORAGE
 
 READ_CHUNK = 256 * 1024
@@ -28,10 +28,11 @@ def bad_multipart(exc: Exception) -> ApiError:
     return ApiError(400, "bad_multipart", f"malformed multipart body: {exc}".strip())
 
 
-async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+async def _part_chunks(request: web.Request, part: BodyPartReader) -> AsyncIterator[bytes]:
     while True:
         try:
-            chunk = await part.read_chunk(READ_CHUNK)
+            async with body_wait(request):
+                chunk = await part.read_chunk(READ_CHUNK)
         except MULTIPART_ERRORS as exc:
             raise bad_multipart(exc) from None
         if not chunk:
@@ -89,10 +90,10 @@ async def post_files(request: web.Request) -> web.Response:
     limit = request.app[MAX_UPLOAD]
     used = 0
     try:
-        async for number, part in _parts(reader):
+        async for number, part in _parts(request, reader):
             if number > MAX_FORM_PARTS:
                 raise ApiError(400, "too_many_parts", f"a POST holds at most {MAX_FORM_PARTS} parts")
-            body: AsyncIterator[bytes] = _part_chunks(part)
+            body: AsyncIterator[bytes] = _part_chunks(request, part)
             if limit:
                 body = limited(body, limit - used)
             if part.filename is None:
@@ -118,12 +119,13 @@ async def post_files(request: web.Request) -> web.Response:
     return web.json_response({"files": stored}, status=201)
 
 
-async def _parts(reader: MultipartReader) -> AsyncIterator[tuple[int, BodyPartReader]]:
+async def _parts(request: web.Request, reader: MultipartReader) -> AsyncIterator[tuple[int, BodyPartReader]]:
     """The parts of the body, numbered from 1."""
     number = 0
     while True:
         try:
-            part = await reader.next()
+            async with body_wait(request):  # a part's head is body bytes too
+                part = await reader.next()
         except MULTIPART_ERRORS as exc:
             raise bad_multipart(exc) from None
         if part is None:

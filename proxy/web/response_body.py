@@ -16,6 +16,7 @@ from proxy.rules.ranges import ByteRange
 from proxy.storage.base import BodyRelay, FileBacked, ObjectInfo, Relayed, Storage, StorageError
 from proxy.streaming.client_socket import ClientSocket
 from proxy.streaming.splice import ClientStalled
+from proxy.web.sendfile import FileEnded, send_file
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ async def send_body(request: web.Request, response: web.StreamResponse, body: Bo
     response here, as nothing else can be answered."""
     try:
         await response.prepare(request)
-        await body.send(request, response)
+        await body.send(response)
         await response.write_eof()
     except ClientStalled as exc:
         # Still connected, mid-body: only closing ends this response.
@@ -79,6 +80,7 @@ class Body:
             return
         if isinstance(self.storage, FileBacked):
             self._file = await self.storage.open_file(self.info.key, etag=self.info.etag)
+            self._client = ClientSocket.of(transport)
             return
         if isinstance(self.storage, Relayed):
             self._client = ClientSocket.of(transport)
@@ -115,12 +117,14 @@ class Body:
             self.info.key, byte_range.start, end, etag=self.info.etag, size=self.info.size
         )
 
-    async def send(self, request: web.Request, response: web.StreamResponse) -> None:
+    async def send(self, response: web.StreamResponse) -> None:
         for index, (header, byte_range) in enumerate(self.parts):
             if header:
                 await self._write(response, header)
-            if self._file is not None:
-                await self._sendfile(request, response, self._file, byte_range)
+            if self._file is not None and self._client is not None:
+                await self._sendfile(self._client, self._file, byte_range)
+            elif self._file is not None:  # no socket to write to (TLS): plain reads
+                await self._stream(byte_range, response)
             elif index == 0 and self._first_relay is not None:
                 await self._relay(self._first_relay)
                 # Its connection now serves the next range (and with one allowed, must).
@@ -133,17 +137,13 @@ class Body:
         if self.closing:
             await self._write(response, self.closing)
 
-    async def _sendfile(
-        self, request: web.Request, response: web.StreamResponse, fh: BinaryIO, byte_range: ByteRange
-    ) -> None:
-        transport = request.transport
-        if transport is None:
-            raise ConnectionResetError("client went away")
-        # asyncio's sendfile first waits for what write() queued on the transport.
+    async def _sendfile(self, client: ClientSocket, fh: BinaryIO, byte_range: ByteRange) -> None:
+        fd = await client.writable(self.send_timeout)
         try:
-            await asyncio.get_running_loop().sendfile(transport, fh, byte_range.start, byte_range.length)
-        except NotImplementedError:  # e.g. TLS transports: fall back to reads
-            await self._stream(byte_range, response)
+            await send_file(fd, fh.fileno(), byte_range.start, byte_range.length, self.send_timeout)
+        except FileEnded as exc:
+            # Never in place: writes replace a file by renaming another onto it.
+            raise StorageError(f"{self.info.key}: {exc}") from exc
 
     async def _relay(self, relay: BodyRelay) -> None:
         assert self._client is not None  # a relay is only opened with a client socket

@@ -1,18 +1,24 @@
 """The HTTP server around the application: aiohttp's, with the answers it makes on
 its own (a request it cannot parse: a bad request line, a head too long, too many
 headers, broken chunked framing) given as the same JSON errors as every other, with
-the same common headers, and logged as one line instead of a traceback each.
+the same common headers, and logged as one line instead of a traceback each; and
+with the limits on its connections (connections.py) applied.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
+from typing import Any
 
 from aiohttp import web
 
+from proxy.config import Config
 from proxy.web.common_headers import common_headers, request_id
+from proxy.web.connections import ConnectionLimits
 from proxy.web.errors import json_error
+from proxy.web.settings import ConnectionSettings
 
 log = logging.getLogger(__name__)
 
@@ -26,22 +32,72 @@ _MESSAGES = {
 
 
 class ProxyRunner(web.AppRunner):
-    """An AppRunner whose connections answer their own errors in JSON."""
+    """An AppRunner whose connections answer their own errors in JSON and are bounded
+    by ``connections`` (by default, the defaults of the configuration)."""
+
+    def __init__(
+        self, app: web.Application, *, connections: ConnectionSettings | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(app, **kwargs)
+        self._limits = ConnectionLimits(connections or ConnectionSettings.of(Config()))
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         # aiohttp offers no hook for the answers its protocol makes before the
-        # application sees a request: the server and each connection's handler are
-        # given subclasses that add no state and override one method each.
-        server.__class__ = _JsonErrorServer
+        # application sees a request, nor for a connection's events: the server and
+        # each connection's handler are given subclasses that add no state and
+        # override what they must; the state is the limits'.
+        server.__class__ = _ProxyServer
+        assert isinstance(server, _ProxyServer)
+        server.limits = self._limits
+        server.handler_class = _handler_class(self._limits)
+        server.request_handler = _reporting(self._limits, server.request_handler)
         return server
 
 
-class _JsonErrorServer(web.Server):
+class _ProxyServer(web.Server):
+    limits: ConnectionLimits
+    handler_class: type[web.RequestHandler]
+
     def __call__(self) -> web.RequestHandler:
         handler = super().__call__()
-        handler.__class__ = _JsonErrorHandler
+        handler.__class__ = self.handler_class
         return handler
+
+    def connection_made(self, handler: web.RequestHandler, transport: Any) -> None:
+        super().connection_made(handler, transport)
+        self.limits.opened(handler, transport)
+
+    def connection_lost(self, handler: web.RequestHandler, exc: BaseException | None = None) -> None:
+        super().connection_lost(handler, exc)
+        self.limits.closed(handler)
+
+
+RequestHandlerFunction = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def _reporting(limits: ConnectionLimits, handle: RequestHandlerFunction) -> RequestHandlerFunction:
+    """``handle``, telling ``limits`` when each request starts and ends."""
+
+    async def reporting(request: web.BaseRequest) -> web.StreamResponse:
+        limits.request_started(request.protocol)
+        try:
+            return await handle(request)
+        finally:
+            limits.request_ended(request.protocol)
+
+    return reporting
+
+
+def _handler_class(limits: ConnectionLimits) -> type[web.RequestHandler]:
+    class _LimitedHandler(_JsonErrorHandler):
+        __slots__ = ()
+
+        def data_received(self, data: bytes) -> None:
+            limits.received(self)
+            super().data_received(data)
+
+    return _LimitedHandler
 
 
 class _JsonErrorHandler(web.RequestHandler):

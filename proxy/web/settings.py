@@ -22,6 +22,20 @@ class DownloadSettings:
 
 
 @dataclass(frozen=True)
+class ConnectionSettings:
+    """What the server (not a handler) bounds per connection; None or 0: no bound."""
+
+    max_connections: int = 0
+    head_timeout: float | None = None
+    keepalive_timeout: float | None = None
+
+    @classmethod
+    def of(cls, config: Config) -> ConnectionSettings:
+        server = config.server
+        return cls(server.max_connections, server.head_timeout or None, server.keepalive_timeout or None)
+
+
+@dataclass(frozen=True)
 class TusSettings:
     key_template: str
     expiration: float
@@ -32,6 +46,7 @@ BACKEND: web.AppKey[Backend] = web.AppKey("backend", Backend)
 STORAGE: web.AppKey[Storage] = web.AppKey("storage", Storage)
 UPLOADS: web.AppKey[ResumableStore] = web.AppKey("uploads", ResumableStore)
 MAX_UPLOAD: web.AppKey[int] = web.AppKey("max_upload_bytes", int)
+BODY_TIMEOUT: web.AppKey[float | None] = web.AppKey("body_timeout")  # None: no limit
 DOWNLOADS: web.AppKey[DownloadSettings] = web.AppKey("downloads", DownloadSettings)
 TUS: web.AppKey[TusSettings] = web.AppKey("tus", TusSettings)
 SWEEP_INTERVAL: web.AppKey[float] = web.AppKey("sweep_interval", float)
@@ -44,6 +59,7 @@ def install(app: web.Application, config: Config, backend: Backend) -> None:
     app[STORAGE] = backend.objects
     app[UPLOADS] = backend.uploads
     app[MAX_UPLOAD] = config.server.max_upload_bytes
+    app[BODY_TIMEOUT] = config.server.body_timeout or None
     app[DOWNLOADS] = DownloadSettings(
         cache_control=config.server.cache_control,
         max_ranges=config.server.max_ranges,
