@@ -261,12 +261,6 @@ S3_MULTIPART_RACE = (
     "and Ceph RGW and moto ignore its CopySourceIfMatch: a writer relabels another's version "
     "and its 201 names that version's ETag"
 )
-LOCAL_DELETE_RACE = (
-    "issue 11: local: a DELETE that removes the key's folder between the rename and "
-    "fsync_dir(folder), or the metadata folder while _write_meta makes it (pathlib's "
-    "mkdir(exist_ok=True) then raises FileExistsError), makes a published write a 500; "
-    "hit in some runs"
-)
 
 
 @pytest.mark.parametrize(
@@ -306,7 +300,7 @@ async def test_racing_puts_store_one_body_with_its_own_hash_and_type(
     ("name", "kind"),
     cases(
         fails={},
-        sometimes={("local", "single"): LOCAL_DELETE_RACE, ("local", "multipart"): LOCAL_DELETE_RACE},
+        sometimes={},
     ),
 )
 async def test_put_racing_delete_answers_201_and_leaves_a_whole_version_or_nothing(

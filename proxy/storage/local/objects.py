@@ -39,6 +39,14 @@ async def _run(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(fn, *args)
 
 
+def _file_in_the_way(directory: Path) -> bool:
+    """Whether the nearest existing one of ``directory`` and its parents is no directory."""
+    for path in (directory, *directory.parents):
+        if os.path.lexists(path):
+            return not os.path.isdir(path)
+    return False
+
+
 class LocalStorage:
     def __init__(self, root: Path, *, sweep_interval: float = SWEEP_INTERVAL) -> None:
         self.paths = LocalPaths(root)
@@ -133,7 +141,10 @@ class LocalStorage:
             raise KeyConflict("a parent of the key is an existing object") from None
         except IsADirectoryError:
             raise KeyConflict("the key is an existing directory of objects") from None
-        fsync_dir(path.parent)
+        # A delete racing this write may have removed the object and pruned its
+        # directory already: the write happened all the same.
+        with contextlib.suppress(FileNotFoundError):
+            fsync_dir(path.parent)
         self._write_meta(key, st, meta)
         return self._info(key, st, meta)
 
@@ -159,6 +170,11 @@ class LocalStorage:
                 return True
             except FileNotFoundError:
                 continue
+            except FileExistsError:
+                # mkdir's own check: a file in the way is a conflict; a directory
+                # pruned between its mkdir and its check is another try.
+                if _file_in_the_way(dest.parent):
+                    raise
         return False
 
     def _write_meta(self, key: str, st: os.stat_result, meta: dict[str, Any]) -> None:
