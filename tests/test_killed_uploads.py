@@ -116,7 +116,7 @@ def own_files(backend: Backend) -> list[str]:
     if isinstance(view, LocalView):
         return sorted(p.name for p in (view.root / layout.TMP).iterdir())
     assert isinstance(view, S3View)
-    return [k for k in view.internal_keys() if k.startswith(layout.WRITERS)]
+    return [k for k in view.all_keys() if k.startswith(layout.WRITERS)]
 
 
 async def appears(backend: Backend, known: list[str]) -> str:
