@@ -23,5 +23,10 @@ Environment:
   measurements; median and p99 are reported.
 - ``BENCH_TUS_MIB`` (500) and ``BENCH_TUS_CHUNK_MIB`` (8): size of the resumable (tus)
   upload and of each of its PATCHes, timed beside one PUT of the same size.
+- ``BENCH_CONCURRENT_UPLOADS`` (100) and ``BENCH_CONCURRENT_MIB`` (24): the S3
+  uploads sent at once whose peak proxy RSS is held against the memory budget;
+  ``BENCH_CONCURRENT_BUDGETS_MIB`` (256,64): the storage.s3.memory_budget of each run
+  (a fresh proxy each); ``BENCH_CONCURRENT_CHUNKED`` (1): add a run with chunked
+  bodies (no Content-Length) at the first budget, 0 = not.
 - ``BENCH_ONLY``: comma-separated measurement names to run (default: all).
 """

@@ -31,6 +31,7 @@ from bench.download import (
     s3_fetch,
     timed_fetch,
 )
+from bench.memory import RSS_SAMPLE_SECONDS, RssSampler, s3_concurrent_rss
 from bench.nginx import run_nginx
 from bench.payload import Payload
 from bench.report import Row, compared_row, mbps, mib, throughput_row
@@ -60,7 +61,6 @@ RANGE_MEDIAN_SLACK = 0.002
 RSS_LIMIT = 150 * MiB
 # "About the same" peak RSS for a larger upload: at most this times the smaller one's.
 RSS_GROWTH_LIMIT = 1.15
-RSS_SAMPLE_SECONDS = 0.05
 
 
 @dataclass
@@ -334,32 +334,6 @@ async def local_tus_upload(ctx: BenchContext) -> list[Row]:
         return await tus_upload_throughput(
             ctx, "local-tus-upload", "local", server, lambda key: proxy_delete(ctx.http, server.url, key)
         )
-
-
-class RssSampler:
-    """The largest VmRSS of a process, sampled every RSS_SAMPLE_SECONDS."""
-
-    def __init__(self, proxy: ProxyProcess) -> None:
-        self._proxy = proxy
-        self.max = 0
-        self.samples = 0
-
-    async def _run(self) -> None:
-        while True:
-            self.max = max(self.max, self._proxy.rss())
-            self.samples += 1
-            await asyncio.sleep(RSS_SAMPLE_SECONDS)
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[RssSampler]:
-        task = asyncio.create_task(self._run())
-        try:
-            yield self
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            self.max = max(self.max, self._proxy.rss())
 
 
 async def proxy_rss(ctx: BenchContext) -> list[Row]:
@@ -681,6 +655,7 @@ MEASUREMENTS: dict[str, Measurement] = {
     "s3_tus_upload": s3_tus_upload,
     "local_tus_upload": local_tus_upload,
     "proxy_rss": proxy_rss,
+    "s3_concurrent_rss": s3_concurrent_rss,
     "s3_download": s3_download,
     "local_download": local_download,
     "s3_range_latency": s3_range_latency,

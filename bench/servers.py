@@ -287,6 +287,7 @@ def s3_storage_tables(cfg: S3Config) -> dict[str, dict[str, object]]:
         "addressing_style": cfg.addressing_style,
         "part_size": int(cfg.part_size),
         "max_concurrency": cfg.max_concurrency,
+        "memory_budget": int(cfg.memory_budget),
     }
     return {"storage": {"backend": "s3"}, "storage.s3": s3}
 

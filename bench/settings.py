@@ -26,6 +26,14 @@ class Settings:
     # The resumable (tus) upload: its size and the size of each PATCH.
     tus_size: int = 500 * MiB
     tus_chunk: int = 8 * MiB
+    # Concurrent S3 uploads whose peak RSS is held against the memory budget: how
+    # many, each how large (several parts each, so that parts are read while others
+    # are in flight), the budgets to run with, and whether to add a run of chunked
+    # bodies (no Content-Length) at the first budget.
+    concurrent_uploads: int = 100
+    concurrent_size: int = 24 * MiB
+    concurrent_budgets: tuple[int, ...] = (256 * MiB, 64 * MiB)
+    concurrent_chunked: bool = True
     # The proxy's S3 upload settings, which the direct reference upload copies.
     part_size: int = 6 * MiB
     concurrency: int = 4
@@ -52,6 +60,14 @@ class Settings:
             range_count=_int(env, "BENCH_RANGE_COUNT", 200, minimum=1),
             tus_size=_mib(env, "BENCH_TUS_MIB", 500, minimum=1),
             tus_chunk=_mib(env, "BENCH_TUS_CHUNK_MIB", 8, minimum=1),
+            concurrent_uploads=_int(env, "BENCH_CONCURRENT_UPLOADS", 100, minimum=1),
+            concurrent_size=_mib(env, "BENCH_CONCURRENT_MIB", 24, minimum=1),
+            concurrent_budgets=tuple(
+                _parse_int("BENCH_CONCURRENT_BUDGETS_MIB", part, minimum=6) * MiB
+                for part in env.get("BENCH_CONCURRENT_BUDGETS_MIB", "256,64").split(",")
+                if part.strip()
+            ),
+            concurrent_chunked=_int(env, "BENCH_CONCURRENT_CHUNKED", 1, minimum=0) > 0,
             s3_endpoint=env.get("STREAM_PROXY_BENCH_S3") or None,
             access_key=env.get("S3_ACCESS_KEY", "testaccesskey"),
             secret_key=env.get("S3_SECRET_KEY", "testsecretkey"),
