@@ -30,6 +30,10 @@ class Seen:
 
     @property
     def is_writer_upkeep(self) -> bool:
+        """A writer's heartbeat, records and sweep listing; not its staging objects,
+        where PUTs assemble their multipart uploads."""
+        if layout.WRITER_STAGING in self.path:
+            return False
         return layout.WRITERS in self.path or self.query.get("prefix", "").startswith(layout.WRITERS)
 
     @property

@@ -12,14 +12,24 @@ these keys; S3 uses them as they are.
 - ``meta/<h2>/<h>.json``: local only. An object's content type and SHA-256, named
   by the SHA-256 ``h`` of its key (``h2``: its first two hex digits), so that no key
   collides with another's metadata (``a`` and ``a.json/b``) or makes a file name
-  longer than a file system takes.
+  longer than a file system takes. It names the version of the file it describes
+  (inode, size, mtime), and is ignored once the file is another.
+- ``locks/<h2>``: local only. ``LOCK_STRIPES`` empty files, the key's ``h2`` picking
+  one, that every process sharing the root flocks to rename an object and its
+  metadata into place, or to remove both (local.keylocks). Made on first use and
+  never removed: a delete prunes emptied ``meta/`` directories, so a lock kept
+  beside the metadata would vanish under its holders, and one file per key would
+  pile up. The number is part of the layout: processes that disagreed on it would
+  lock different files for one key.
 - ``uploads/<id>/``: one resumable upload. ``state.json`` on both backends; locally
   also ``data`` (the bytes so far) and ``lock``; on S3 ``tail-<token>``, the bytes
-  that do not yet fill a part.
+  that do not yet fill a part, and ``object``, where its multipart upload is
+  assembled before it is copied to its key (s3.publish).
 - ``writers/<writer>/``: S3 only. One per process that writes objects (s3.writers):
   ``alive``, rewritten as its heartbeat, and ``upload-<h>`` for each multipart upload
   it has started and not yet completed or aborted, so that others can abort those
-  once it is dead.
+  once it is dead; ``staging-<uuid>``, an object it assembled and has not yet copied
+  to its key (s3.publish), which others remove once it is dead.
 """
 
 from __future__ import annotations
@@ -33,6 +43,11 @@ TMP = INTERNAL + "tmp/"
 META = INTERNAL + "meta/"
 UPLOADS = INTERNAL + "uploads/"
 WRITERS = INTERNAL + "writers/"
+LOCKS = INTERNAL + "locks/"
+
+# The stripes under LOCKS, named by two hex digits of a key's hash (lock_key): few
+# enough to make at first use, enough that unrelated keys seldom wait for each other.
+LOCK_STRIPES = 16 * 16
 
 # The files of one resumable upload, under upload_prefix().
 UPLOAD_STATE = "state.json"
@@ -44,6 +59,9 @@ TMP_PROCESS_SUFFIX = ".process"
 # The files of one writer, under writer_prefix().
 WRITER_ALIVE = "alive"
 WRITER_UPLOAD = "upload-"
+WRITER_STAGING = "staging-"
+# Where a resumable upload's multipart upload is assembled, under upload_prefix().
+UPLOAD_OBJECT = "object"
 
 
 def is_internal(key: str) -> bool:
@@ -56,6 +74,12 @@ def meta_key(key: str) -> str:
     return f"{META}{digest[:2]}/{digest}.json"
 
 
+def lock_key(key: str) -> str:
+    """The lock file of ``key``'s stripe, one of ``LOCK_STRIPES``."""
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
+    return f"{LOCKS}{digest[:2]}"
+
+
 def upload_prefix(upload_id: str) -> str:
     return f"{UPLOADS}{upload_id}/"
 
@@ -66,6 +90,10 @@ def upload_state_key(upload_id: str) -> str:
 
 def upload_tail_key(upload_id: str, token: str) -> str:
     return upload_prefix(upload_id) + f"tail-{token}"
+
+
+def upload_object_key(upload_id: str) -> str:
+    return upload_prefix(upload_id) + UPLOAD_OBJECT
 
 
 def upload_id_of(prefix: str) -> str:
@@ -86,3 +114,8 @@ def writer_upload_key(writer_id: str, upload_id: str) -> str:
     hash, since ids are the server's text of any length."""
     digest = hashlib.sha256(upload_id.encode("utf-8")).hexdigest()[:32]
     return writer_prefix(writer_id) + WRITER_UPLOAD + digest
+
+
+def writer_staging_key(writer_id: str, name: str) -> str:
+    """Where ``writer_id`` assembles one object before publishing it."""
+    return writer_prefix(writer_id) + WRITER_STAGING + name

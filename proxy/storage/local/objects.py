@@ -5,7 +5,11 @@ the reserved first segment: uploads in progress in ``tmp/``, on the same filesys
 so that publishing one is an atomic rename, and each object's content type and
 SHA-256 in ``meta/`` (named by the key's hash). A metadata file records the inode, size and mtime of
 the data file it describes and is ignored if they no longer match, so a reader never
-pairs one version's bytes with another's metadata. Every path comes from LocalPaths.
+pairs one version's bytes with another's metadata: one that reads between a rename
+and the metadata written after it finds no SHA-256 or type (served: the key's guess).
+Renaming a file and its metadata into place, and removing both, run under the key's
+lock (local.keylocks), so racing writers and deletes, in this process or others,
+leave the key's file and metadata in agreement. Every path comes from LocalPaths.
 
 All file system calls run in worker threads.
 """
@@ -24,6 +28,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from proxy.storage.base import KeyConflict, ObjectInfo, ObjectNotFound, ObjectPage, StorageError
 from proxy.storage.local.files import WRITE_BLOCK, BlockWriter, fsync_dir, local_etag, write_synced
+from proxy.storage.local.keylocks import KeyLocks
 from proxy.storage.local.leftovers import SWEEP_INTERVAL, ProcessTemp
 from proxy.storage.local.listing import list_page
 from proxy.storage.local.paths import LocalPaths
@@ -39,6 +44,11 @@ async def _run(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(fn, *args)
 
 
+def _version(st: os.stat_result) -> tuple[int, int, int]:
+    """What tells one version of a file from another, as local_etag does."""
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def _file_in_the_way(directory: Path) -> bool:
     """Whether the nearest existing one of ``directory`` and its parents is no directory."""
     for path in (directory, *directory.parents):
@@ -51,6 +61,7 @@ class LocalStorage:
     def __init__(self, root: Path, *, sweep_interval: float = SWEEP_INTERVAL) -> None:
         self.paths = LocalPaths(root)
         self.root = self.paths.root
+        self._locks = KeyLocks(self.paths)
         self._cleanups = Cleanups()
         # Temporary files live in a directory this process holds locked (local.leftovers).
         self._temp = ProcessTemp(self.paths.tmp)
@@ -73,6 +84,7 @@ class LocalStorage:
     def _prepare(self) -> None:
         self.paths.tmp.mkdir(parents=True, exist_ok=True)
         self.paths.meta.mkdir(parents=True, exist_ok=True)
+        self._locks.prepare()
         self.paths.own_tmp = self._temp.claim()
         # Before serving: a restart leaves nothing of the process it replaces.
         self._temp.sweep()
@@ -134,24 +146,42 @@ class LocalStorage:
         # describe that instead.
         st = os.stat(src)
         path = self.paths.object(key)
+        # Written and synced before the lock is taken, so that all it covers is two renames.
+        staged = self._stage_meta(st, meta)
         try:
-            if not self._replace_into(src, path, check=self.paths.check_writable):
-                raise StorageError(f"could not create the directory for {path}")
-        except (NotADirectoryError, FileExistsError):
-            raise KeyConflict("a parent of the key is an existing object") from None
-        except IsADirectoryError:
-            raise KeyConflict("the key is an existing directory of objects") from None
+            with self._locks.held(key):
+                try:
+                    if not self._replace_into(src, path, check=self.paths.check_writable):
+                        raise StorageError(f"could not create the directory for {path}")
+                except (NotADirectoryError, FileExistsError):
+                    raise KeyConflict("a parent of the key is an existing object") from None
+                except IsADirectoryError:
+                    raise KeyConflict("the key is an existing directory of objects") from None
+                self._replace_into(staged, self.paths.meta_of(key))
+        finally:
+            self._unstage(staged)
         # A delete racing this write may have removed the object and pruned its
         # directory already: the write happened all the same.
         with contextlib.suppress(FileNotFoundError):
             fsync_dir(path.parent)
-        self._write_meta(key, st, meta)
         return self._info(key, st, meta)
 
-    def describe_file(self, key: str, meta: dict[str, Any]) -> ObjectInfo:
-        """Record ``meta`` for the object ``key`` as it is now. Blocking."""
+    def describe_file(self, key: str, meta: dict[str, Any], *, ino: int | None = None) -> ObjectInfo:
+        """Record ``meta`` for the object ``key`` as it is now; with ``ino``, only if
+        its file is that inode. ObjectNotFound if there is no such file, or the key
+        changed meanwhile. Blocking."""
         _, st = self.paths.existing_file(key)
-        self._write_meta(key, st, meta)
+        if ino is not None and st.st_ino != ino:
+            raise ObjectNotFound(key)
+        staged = self._stage_meta(st, meta)
+        try:
+            with self._locks.held(key):
+                # A writer that published since the stat has written its own metadata.
+                if _version(self.paths.existing_file(key)[1]) != _version(st):
+                    raise ObjectNotFound(key)
+                self._replace_into(staged, self.paths.meta_of(key))
+        finally:
+            self._unstage(staged)
         return self._info(key, st, meta)
 
     @staticmethod
@@ -177,13 +207,18 @@ class LocalStorage:
                     raise
         return False
 
-    def _write_meta(self, key: str, st: os.stat_result, meta: dict[str, Any]) -> None:
-        record = {**meta, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        tmp = self.paths.temp(".meta")
-        write_synced(tmp, json.dumps(record).encode())
-        if not self._replace_into(tmp, self.paths.meta_of(key)):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+    def _stage_meta(self, st: os.stat_result, meta: dict[str, Any]) -> Path:
+        """A temporary file holding the metadata record of the version ``st``."""
+        ino, size, mtime_ns = _version(st)
+        staged = self.paths.temp(".meta")
+        write_synced(staged, json.dumps({**meta, "ino": ino, "size": size, "mtime_ns": mtime_ns}).encode())
+        return staged
+
+    @staticmethod
+    def _unstage(staged: Path) -> None:
+        """Remove what is left of a staged record: one that was not renamed into place."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staged)
 
     # -- read side -----------------------------------------------------------
 
@@ -193,11 +228,7 @@ class LocalStorage:
                 record = json.load(fh)
         except (OSError, ValueError):
             return {}
-        if (record.get("ino"), record.get("size"), record.get("mtime_ns")) != (
-            st.st_ino,
-            st.st_size,
-            st.st_mtime_ns,
-        ):
+        if (record.get("ino"), record.get("size"), record.get("mtime_ns")) != _version(st):
             return {}
         return dict(record)
 
@@ -250,15 +281,17 @@ class LocalStorage:
     # -- delete and list -----------------------------------------------------
 
     def _delete(self, key: str) -> None:
-        self.paths.existing_file(key)
         # The key's own name goes, whatever a symlink there pointed at.
         path = self.paths.object(key)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            raise ObjectNotFound(key) from None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.paths.meta_of(key))
+        with self._locks.held(key):
+            self.paths.existing_file(key)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                raise ObjectNotFound(key) from None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.paths.meta_of(key))
+        # Unlocked: writers of other keys in these directories retry a pruned one.
         self._prune(path.parent, self.root)
         self._prune(self.paths.meta_of(key).parent, self.paths.meta)
 

@@ -34,6 +34,7 @@ class LocalPaths:
         self.tmp = self.root / layout.TMP
         self.meta = self.root / layout.META
         self.uploads = self.root / layout.UPLOADS
+        self.locks = self.root / layout.LOCKS
         # This process's locked directory in tmp (local.leftovers), once the backend
         # has claimed it at start; until then temporary names are straight in tmp.
         self.own_tmp: Path | None = None
@@ -72,6 +73,10 @@ class LocalPaths:
     def meta_of(self, key: str) -> Path:
         """The metadata file of ``key``, a key already validated."""
         return self.root / layout.meta_key(key)
+
+    def lock_of(self, key: str) -> Path:
+        """The lock file of ``key``'s stripe (local.keylocks), a key already validated."""
+        return self.root / layout.lock_key(key)
 
     def temp(self, suffix: str) -> Path:
         """A fresh name in this process's temporary directory, on the objects' file

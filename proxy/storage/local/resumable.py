@@ -39,7 +39,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from proxy.storage.base import ObjectInfo
+from proxy.storage.base import ObjectInfo, ObjectNotFound
 from proxy.storage.layout import UPLOAD_DATA, UPLOAD_LOCK, UPLOAD_STATE
 from proxy.storage.local.files import BlockWriter, fsync_dir, write_synced
 from proxy.storage.local.objects import LocalStorage
@@ -199,23 +199,28 @@ class LocalResumableStore:
     def _finish(self, state: UploadState) -> ObjectInfo:
         data = self._dir(state.id) / UPLOAD_DATA
         meta = {"content_type": state.content_type, "sha256": ResumableSha256(state.sha256).hexdigest()}
-        if not data.exists() and self._published(state):
-            # A process died after the rename and before saving done: finish its work.
-            info = self._storage.describe_file(state.key, meta)
-        else:
+        info = None
+        if not data.exists():
+            # A process died after the rename and before saving done: finish its work,
+            # if the key still holds the upload's file (checked under the key's lock).
+            info = self._described(state, meta)
+        if info is None:
             with open(data, "r+b") as fh:
                 fh.truncate(state.offset)  # bytes a writer that died left past the end are not the upload's
                 os.fsync(fh.fileno())
+            # Renamed and described under the key's lock, as every write is (local.keylocks).
             info = self._storage.publish_file(state.key, data, meta)
         self._save(replace(state, done=True))
         return info
 
-    def _published(self, state: UploadState) -> bool:
+    def _described(self, state: UploadState, meta: dict[str, Any]) -> ObjectInfo | None:
         ino = state.backend.get("data_ino")
+        if not isinstance(ino, int):
+            return None
         try:
-            return ino is not None and self._paths.object(state.key).stat().st_ino == ino
-        except (FileNotFoundError, NotADirectoryError):
-            return False
+            return self._storage.describe_file(state.key, meta, ino=ino)
+        except ObjectNotFound:
+            return None
 
     async def terminate(self, state: UploadState) -> None:
         await self._to_the_end(state.id, asyncio.to_thread(self._terminate, state.id))

@@ -14,9 +14,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from proxy.storage.base import ObjectNotFound, StorageError, UpstreamError
+from proxy.storage.base import StorageError, UpstreamError
 from proxy.storage.s3.errors import error_code, quoted_etag, upstream
-from proxy.storage.s3.limits import MAX_PART_SIZE
 from proxy.streaming.part_buffer import PartBuffer
 
 log = logging.getLogger(__name__)
@@ -26,12 +25,19 @@ SHA256_META = "sha256"
 
 @dataclass(frozen=True)
 class UploadTarget:
-    """The object an upload writes, and the S3 calls that write it."""
+    """The object an upload writes, and the S3 calls that write it.
+
+    A multipart upload is assembled at ``staging_key``, a key no other upload
+    writes, and published to ``key`` with its SHA-256 afterwards (s3.publish): S3
+    takes metadata only when an object is written, and the hash is known only once
+    the last byte has passed. A single PutObject knows it already and writes ``key``.
+    """
 
     client: Any
     bucket: str
     key: str
     content_type: str
+    staging_key: str
     # Send each body's CRC32, computed as its bytes came (request_checksum_calculation
     # "when_supported"), so that botocore does not read the body again to compute it.
     checksums: bool = True
@@ -40,7 +46,7 @@ class UploadTarget:
         return {"ChecksumCRC32": part.crc32} if self.checksums else {}
 
     async def put(self, part: PartBuffer, sha256: str) -> str:
-        """The whole object in one PutObject; returns its ETag."""
+        """The whole object in one PutObject to ``key``; returns its ETag."""
         response = await upstream(
             self.client.put_object(
                 Bucket=self.bucket,
@@ -54,10 +60,13 @@ class UploadTarget:
         )
         return quoted_etag(response["ETag"])
 
-    async def create_multipart(self) -> str:
+    async def create_multipart(self, metadata: Mapping[str, str] | None = None) -> str:
         response = await upstream(
             self.client.create_multipart_upload(
-                Bucket=self.bucket, Key=self.key, ContentType=self.content_type
+                Bucket=self.bucket,
+                Key=self.staging_key,
+                ContentType=self.content_type,
+                Metadata=dict(metadata or {}),
             )
         )
         upload_id: str = response["UploadId"]
@@ -67,28 +76,30 @@ class UploadTarget:
         return PartSender(self, upload_id, max_concurrency=max_concurrency)
 
     async def complete(self, upload_id: str, etags: Mapping[int, str]) -> str:
-        """Complete the multipart upload with exactly these parts (S3 refuses the
-        call if a part's ETag is not the one it holds); returns the ETag of the
-        version it made.
+        """Complete the multipart upload at ``staging_key`` with exactly these parts
+        (S3 refuses the call if a part's ETag is not the one it holds); returns the
+        ETag of the object it made.
 
         That ETag comes from Complete's answer or, where the server leaves it empty
-        (Ceph RGW), from the parts' ETags as S3 computes it; never from a HEAD,
-        which may already see a racing writer's version. If the answer is lost (or
-        a retry finds the upload gone because the first call completed it), the
-        object is looked at: holding the version these parts make, it was published.
+        (Ceph RGW), from the parts' ETags as S3 computes it. If the answer is lost
+        (or a retry finds the upload gone because the first call completed it), the
+        object is looked at: holding the object these parts make, it was completed.
         """
         parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
         expected = multipart_etag([etags[n] for n in sorted(etags)])
         try:
             response = await upstream(
                 self.client.complete_multipart_upload(
-                    Bucket=self.bucket, Key=self.key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                    Bucket=self.bucket,
+                    Key=self.staging_key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
                 )
             )
         except UpstreamError:
-            if expected is None or await self._current_etag() != expected:
+            if expected is None or await self.staged_etag() != expected:
                 raise
-            log.info("%s: Complete's answer was lost, but it published the object", self.key)
+            log.info("%s: Complete's answer was lost, but it completed the object", self.staging_key)
             return expected
         etag = response.get("ETag")
         if etag:
@@ -97,49 +108,23 @@ class UploadTarget:
             raise UpstreamError("S3 named no ETag for the object it completed")
         return expected
 
-    async def _current_etag(self) -> str | None:
+    async def staged_etag(self) -> str | None:
+        """The ETag of the object at ``staging_key``; None if there is none."""
         try:
-            head = await upstream(self.client.head_object(Bucket=self.bucket, Key=self.key), key=self.key)
+            head = await upstream(
+                self.client.head_object(Bucket=self.bucket, Key=self.staging_key), key=self.staging_key
+            )
         except StorageError:
             return None
         return quoted_etag(head["ETag"])
-
-    async def attach_sha256(self, etag: str, size: int, sha256: str) -> str:
-        """Store the hash as user metadata, which S3 only takes when an object is
-        written: copy the object onto itself, guarded by ``etag`` (the version this
-        upload made) so that a newer upload to the same key is never relabelled.
-        Servers that keep the data in place (RGW) do this as a metadata update; S3
-        cannot copy more than 5 GiB. Returns the ETag of this upload's version.
-
-        If another writer replaced or deleted the object meanwhile, there is nothing
-        to label; any other failure is raised (UpstreamError), and the object stays
-        as it is, without a hash: a reader then gets none, never a wrong one."""
-        if size > MAX_PART_SIZE:
-            log.warning("%s: %d bytes is too large to attach sha256 metadata", self.key, size)
-            return etag
-        try:
-            response = await upstream(
-                self.client.copy_object(
-                    Bucket=self.bucket,
-                    Key=self.key,
-                    CopySource={"Bucket": self.bucket, "Key": self.key},
-                    CopySourceIfMatch=etag,
-                    MetadataDirective="REPLACE",
-                    ContentType=self.content_type,
-                    Metadata={SHA256_META: sha256},
-                ),
-                key=self.key,
-            )
-        except ObjectNotFound:  # also a failed CopySourceIfMatch
-            return etag  # replaced or deleted by another request since
-        new_etag = response.get("CopyObjectResult", {}).get("ETag")
-        return quoted_etag(new_etag) if new_etag else etag
 
     async def abort(self, upload_id: str) -> None:
         """Abort the multipart upload; one that is gone already counts as aborted."""
         await upstream(
             _unless_gone(
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=self.staging_key, UploadId=upload_id
+                )
             )
         )
 
@@ -209,7 +194,7 @@ class PartSender:
             response = await upstream(
                 target.client.upload_part(
                     Bucket=target.bucket,
-                    Key=target.key,
+                    Key=target.staging_key,
                     UploadId=self._upload_id,
                     PartNumber=number,
                     Body=await part.body(),

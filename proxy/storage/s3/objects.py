@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -13,6 +14,7 @@ from botocore.config import Config as BotoConfig
 
 from proxy.config import S3Config
 from proxy.rules.keys import is_valid_key, validate_cursor, validate_key, validate_list_prefix
+from proxy.storage import layout
 from proxy.storage.base import BodyRelay, ObjectInfo, ObjectPage
 from proxy.storage.s3.errors import quoted_etag, upstream
 from proxy.storage.s3.multipart import SHA256_META, UploadTarget
@@ -114,9 +116,15 @@ class S3Storage:
         await self._stack.aclose()
         self._client = None
 
-    def upload_target(self, key: str, content_type: str) -> UploadTarget:
+    def upload_target(self, key: str, content_type: str, *, staging_key: str | None = None) -> UploadTarget:
+        """The target of one upload to ``key``; a multipart upload is assembled at
+        ``staging_key``, by default a new one of this process's (s3.writers)."""
+        if staging_key is None:
+            staging_key = layout.writer_staging_key(self.writers.writer_id, uuid.uuid4().hex)
         checksums = self.cfg.request_checksum_calculation == "when_supported"
-        return UploadTarget(self.client, self.bucket, key, content_type, checksums=checksums)
+        return UploadTarget(
+            self.client, self.bucket, key, content_type, staging_key=staging_key, checksums=checksums
+        )
 
     async def write(
         self,

@@ -1,11 +1,13 @@
 """Writing objects to S3: one streaming upload.
 
 S3Upload sends a small body with one PutObject and a larger one as a multipart
-upload. Parts are filled from the client one at a time and sent with up to
+upload, assembled at a staging key and then published with its hash (publish.py).
+Parts are filled from the client one at a time and sent with up to
 ``max_concurrency`` in flight (PartSender), so an upload holds at most
 ``max_concurrency + 1`` part buffers, in memory as far as the process-wide
 MemoryBudget allows, else in temporary files (PartBuffer). Any failure aborts the
-multipart upload, so nothing partial is left in the bucket.
+multipart upload and removes the staging object, so nothing partial is left in the
+bucket and the key holds what it held before.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from proxy.storage.base import ObjectTooLarge, StorageError
+from proxy.storage.base import ObjectTooLarge
 from proxy.storage.s3.limits import (
     MAX_OBJECT_SIZE,
     MAX_PARTS,
@@ -22,6 +24,7 @@ from proxy.storage.s3.limits import (
     part_size_for_unknown_size,
 )
 from proxy.storage.s3.multipart import PartSender, UploadTarget
+from proxy.storage.s3.publish import publish, remove_staged
 from proxy.storage.s3.writers import Writers
 from proxy.streaming.bodies import HashingReader
 from proxy.streaming.budget import MemoryBudget
@@ -81,17 +84,15 @@ class S3Upload:
                 etag = await self._target.put(first, reader.sha256)
                 return UploadResult(reader.size, reader.sha256, etag)
             self._upload_id = await self._target.create_multipart()
-            await self._writers.started(self._target.key, self._upload_id)
+            await self._writers.started(self._target.staging_key, self._upload_id)
             self._sender = self._target.part_sender(
                 self._upload_id, max_concurrency=self._settings.max_concurrency
             )
             self._sender.start(1, first)
             unsent = None
             await self._send_rest(reader, self._sender)
-            etag = await self._target.complete(self._upload_id, self._sender.etags)
-            await self._writers.ended(self._upload_id)
-            self._upload_id = None
-            etag = await self._attach_sha256(etag, reader)
+            upload_id, self._upload_id = self._upload_id, None  # _publish owns it now
+            etag = await self._cleanups.run(self._publish(upload_id, self._sender.etags, reader))
             return UploadResult(reader.size, reader.sha256, etag)
         except BaseException:
             await self._cleanups.run(self._abort())
@@ -100,14 +101,24 @@ class S3Upload:
             if unsent is not None:
                 unsent.close()
 
-    async def _attach_sha256(self, etag: str, reader: HashingReader) -> str:
-        """The object is published: no failure from here on may undo the write or
-        make its answer an error, as the client cannot send the body again."""
+    async def _publish(self, upload_id: str, etags: dict[int, str], reader: HashingReader) -> str:
+        """Complete the upload at its staging key and publish it with its hash. Once
+        every byte is in, this runs to its end even if the request is cancelled; if
+        it fails, the key holds what it held before and nothing is left."""
         try:
-            return await self._target.attach_sha256(etag, reader.size, reader.sha256)
-        except StorageError as exc:
-            log.warning("%s: published without its sha256, as the copy failed: %s", self._target.key, exc)
-            return etag
+            await self._target.complete(upload_id, etags)
+            await self._writers.ended(upload_id)
+            return await publish(
+                self._target,
+                reader.size,
+                reader.sha256,
+                writers=self._writers,
+                max_concurrency=self._settings.max_concurrency,
+            )
+        except BaseException:
+            await self._abort_upload(upload_id)  # a completed one counts as aborted
+            await remove_staged(self._target)
+            raise
 
     async def _send_rest(self, reader: HashingReader, sender: PartSender) -> None:
         number = 1
@@ -128,12 +139,15 @@ class S3Upload:
     async def _abort(self) -> None:
         if self._sender is not None:
             await self._sender.cancel()
-        if self._upload_id is None:
-            return
+        if self._upload_id is not None:
+            await self._abort_upload(self._upload_id)
+
+    async def _abort_upload(self, upload_id: str) -> None:
         try:
-            await self._target.abort(self._upload_id)
+            await self._target.abort(upload_id)
         except Exception:
-            # Logged, not raised: another error is already on its way up.
-            log.exception("could not abort multipart upload %s of %s", self._upload_id, self._target.key)
+            # Logged, not raised: another error is already on its way up. The record
+            # stays, so the upload is aborted once this process has ended.
+            log.exception("could not abort multipart upload %s of %s", upload_id, self._target.key)
         else:
-            await self._writers.ended(self._upload_id)
+            await self._writers.ended(upload_id)

@@ -8,11 +8,13 @@ records in the bucket, under storage.layout's ``writers/<writer>/``:
 
 - ``alive``, written at start and rewritten every ``HEARTBEAT_SECONDS``;
 - ``upload-<h>``, the key and upload id of one multipart upload, written right after
-  CreateMultipartUpload and before any part, removed after Complete or Abort.
+  CreateMultipartUpload and before any part, removed after Complete or Abort;
+- ``staging-<uuid>``, an object a PUT assembled there and is publishing to its key
+  (s3.publish); the PUT removes it, unless it dies first.
 
 Every process sweeps at start and every ``SWEEP_SECONDS``: it lists ``writers/``,
 and for each writer that has ended it aborts the uploads its records name, then
-removes the records. A writer has ended when
+removes the records and the staging objects. A writer has ended when
 
 - its ``alive`` is more than ``DEAD_AFTER_SECONDS`` old by the S3 server's clock
   (its Last-Modified against the listing's Date, so the proxies' clocks never
@@ -145,6 +147,7 @@ class _Records:
 
     alive: float | None = None
     uploads: dict[str, float] = field(default_factory=dict)  # record key -> Last-Modified
+    staged: dict[str, float] = field(default_factory=dict)  # staging object key -> Last-Modified
 
 
 class Writers:
@@ -253,7 +256,8 @@ class Writers:
 
     def _has_ended(self, writer_id: str, records: _Records, now: float) -> bool:
         if records.alive is None:
-            return all(now - modified > self._dead_after for modified in records.uploads.values())
+            modified = [*records.uploads.values(), *records.staged.values()]
+            return all(now - at > self._dead_after for at in modified)
         if now - records.alive > self._dead_after:
             return True
         there = ProcessIdentity.of_writer(writer_id)
@@ -271,6 +275,9 @@ class Writers:
                     "aborted multipart upload %s of %s left by ended writer %s", upload_id, key, writer_id
                 )
             await self._delete(record_key)
+        for staged_key in records.staged:
+            await self._delete(staged_key)
+            log.info("removed %s, left by ended writer %s", staged_key, writer_id)
         if records.alive is not None:
             await self._delete(layout.writer_alive_key(writer_id))
         return aborted
@@ -292,6 +299,8 @@ class Writers:
                     records.alive = modified
                 elif name.startswith(layout.WRITER_UPLOAD):
                     records.uploads[item["Key"]] = modified
+                elif name.startswith(layout.WRITER_STAGING):
+                    records.staged[item["Key"]] = modified
             if not page.get("IsTruncated"):
                 return writers, now
             args["ContinuationToken"] = page["NextContinuationToken"]

@@ -26,19 +26,11 @@ SIZES = {"one-put": 256 * 1024, "parts": PART + MiB}
 RACING_ROUNDS = {"one-put": 6, "parts": 2}
 DELETE_ROUNDS = {"one-put": 12, "parts": 6}
 
-# (backend, body) pairs known to fail, and why: strict ones fail every run, the others
-# only when a race happens to hit a narrow window. (The local delete races that fail
-# tests/web/test_write_races.py in some runs were not hit here, one write at a time.)
-RACING_FAILS = {
-    ("local", "one-put"): "issue 11: local: a racing writer's metadata replaces the metadata of the "
-    "file that won the rename, so the key has no stored sha256 or type",
-    ("moto", "parts"): "issue 11: S3 multipart: the sha256 is attached by a CopyObject after "
-    "Complete whose CopySourceIfMatch moto ignores: a writer relabels another's version",
-    ("rgw", "parts"): "issue 11: S3 multipart: the sha256 is attached by a CopyObject after "
-    "Complete whose CopySourceIfMatch Ceph RGW ignores: a writer relabels another's version",
-}
+# (backend, body) pairs known to fail when a race happens to hit a narrow window of a
+# fake server, and why.
 RACING_SOMETIMES = {
-    ("local", "parts"): RACING_FAILS[("local", "one-put")] + "; hit in some runs",
+    ("moto", "parts"): "moto answers a CopyObject with the ETag of whatever the key holds once "
+    "the copy is done (moto/s3/responses.py, copy_object), a racing writer's version included",
 }
 
 
@@ -46,13 +38,10 @@ def known_failures(
     request: pytest.FixtureRequest,
     subject: Subject,
     kind: str,
-    fails: dict[tuple[str, str], str],
     sometimes: dict[tuple[str, str], str],
 ) -> None:
     """Mark this run as an expected failure where the backend is known to fail it."""
-    if (subject.name, kind) in fails:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=fails[(subject.name, kind)]))
-    elif (subject.name, kind) in sometimes:
+    if (subject.name, kind) in sometimes:
         request.applymarker(pytest.mark.xfail(strict=False, reason=sometimes[(subject.name, kind)]))
 
 
@@ -135,7 +124,7 @@ async def stored_version(
 async def test_racing_writes_each_return_their_version_and_one_stays_whole(
     subject: Subject, request: pytest.FixtureRequest, kind: str
 ) -> None:
-    known_failures(request, subject, kind, RACING_FAILS, RACING_SOMETIMES)
+    known_failures(request, subject, kind, RACING_SOMETIMES)
     key = "races/clip"
     reader = (await subject.another()).objects  # as another process reads it
     problems: list[str] = []

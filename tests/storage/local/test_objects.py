@@ -102,3 +102,27 @@ async def test_start_removes_only_stale_temporary_files(tmp_path: Path) -> None:
     os.utime(stale, (two_days_ago, two_days_ago))
     await LocalStorage(tmp_path / "root").start()
     assert not stale.exists() and fresh.exists()
+
+
+async def test_metadata_of_another_version_of_the_same_file_is_ignored(storage: LocalStorage) -> None:
+    # Same inode and size, another mtime: as a file rewritten in place, or an inode
+    # reused by a later file, would look. Its metadata describes no version there now.
+    info = await storage.write("same.bin", agen([b"hello"]), content_type="text/plain")
+    os.utime(storage.root / "same.bin", ns=(time.time_ns(), time.time_ns() - 10**9))
+    fresh = await storage.stat("same.bin")
+    assert fresh.etag != info.etag
+    assert fresh.sha256 is None and fresh.content_type is None
+
+
+async def test_describing_a_file_that_is_not_the_expected_one_changes_nothing(
+    storage: LocalStorage,
+) -> None:
+    # A tus finish after a crash describes the key's file only if it is the upload's.
+    info = await storage.write("k.bin", agen([b"put"]), content_type="text/plain")
+    record = LocalView(storage.root).metadata("k.bin")
+    other_ino = record["ino"] + 1
+    with pytest.raises(ObjectNotFound):
+        await asyncio.to_thread(storage.describe_file, "k.bin", {"sha256": "0" * 64}, ino=other_ino)
+    assert LocalView(storage.root).metadata("k.bin") == record
+    assert (await storage.stat("k.bin")).sha256 == info.sha256
+    assert LocalView(storage.root).leftovers() == []

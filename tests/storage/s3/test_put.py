@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
+from proxy.storage import layout
 from proxy.storage.base import UpstreamError
 from proxy.storage.s3.objects import S3Storage
+from proxy.storage.s3.publish import publish
 from tests.conftest import MiB, S3Endpoint, S3View, s3_config
 from tests.s3_interposer import S3Interposer
 
@@ -238,3 +240,74 @@ async def test_close_waits_for_aborts_of_cancelled_uploads(
     await storage.close()  # must not release the client before the abort is done
     assert "AbortMultipartUpload" in layer.operations()
     assert view.leftovers() == [] and view.keys() == []
+
+
+# -- publishing: the multipart upload is assembled at a staging key, then copied ------
+
+
+def staging_objects(view: S3View) -> list[str]:
+    return [key for key in view.all_keys() if layout.WRITER_STAGING in key]
+
+
+def publishes(key: str) -> Callable[[Any], bool]:
+    """Whether an interposed request is the CopyObject that publishes ``key``."""
+    return lambda s: s.method == "PUT" and "partNumber" not in s.query and s.path.endswith("/" + key)
+
+
+@pytest.mark.parametrize("lost", ["complete", "copy"])
+async def test_a_lost_answer_after_the_object_was_made_still_answers_the_write(
+    make_storage: Any, interposer: Any, view: S3View, lost: str
+) -> None:
+    """S3 did the work but its answer never came (every attempt's answer lost): the
+    upload recognises what it made, answers success and leaves nothing behind."""
+    layer, _ = interposer
+    if lost == "complete":
+        layer.lost_answer = lambda s: 503 if s.operation == "CompleteMultipartUpload" else None
+    else:
+        layer.lost_answer = lambda s: 503 if publishes("kept")(s) else None
+    storage = await make_storage()
+    total = 2 * PART + 1
+    info = await storage.write("kept", agen(generated(total)), content_type="video/mp4")
+    digest = sha256_of(generated(total))
+    assert (info.size, info.sha256) == (total, digest)
+    assert view.get("kept") == b"".join(generated(total))
+    assert view.metadata("kept")["sha256"] == digest
+    assert info.etag == view.client.head_object(Bucket=view.bucket, Key="kept")["ETag"]
+    assert view.leftovers() == [] and staging_objects(view) == []
+
+
+async def test_a_failed_publish_leaves_the_key_as_it_was(
+    make_storage: Any, interposer: Any, view: S3View
+) -> None:
+    layer, _ = interposer
+    view.client.put_object(Bucket=view.bucket, Key="held", Body=b"the old version")
+    layer.fault = lambda s: 503 if publishes("held")(s) else None
+    storage = await make_storage()
+    with pytest.raises(UpstreamError):
+        await storage.write("held", agen(generated(2 * PART + 1)), content_type=None)
+    assert view.get("held") == b"the old version"
+    assert view.leftovers() == [] and staging_objects(view) == []
+    assert storage.budget.in_use == 0
+
+
+async def test_an_object_over_the_copy_limit_is_published_in_ranges(
+    make_storage: Any, interposer: Any, view: S3View
+) -> None:
+    layer, _ = interposer
+    storage = await make_storage()
+    target = storage.upload_target("large", "video/mp4")
+    data = b"".join(generated(2 * PART + 12345))
+    view.client.put_object(Bucket=view.bucket, Key=target.staging_key, Body=data)
+    digest = hashlib.sha256(data).hexdigest()
+
+    etag = await publish(
+        target, len(data), digest, writers=storage.writers, max_concurrency=2, copy_limit=PART
+    )
+
+    copies = [s for s in layer.seen if s.operation == "UploadPart" and s.path.endswith("/large")]
+    assert len(copies) == 3  # 5 MiB, 5 MiB and the rest, copied by S3
+    head = view.client.head_object(Bucket=view.bucket, Key="large")
+    assert (head["ETag"], head["ContentType"], head["Metadata"]["sha256"]) == (etag, "video/mp4", digest)
+    assert view.get("large") == data
+    assert view.leftovers() == [] and staging_objects(view) == []
+    assert view.internal_keys() == []  # the copy's record went with it

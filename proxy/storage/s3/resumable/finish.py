@@ -1,11 +1,13 @@
 """Publishing a complete resumable upload as its object, and taking up a finish that
 stopped half-way.
 
-A finish completes the multipart upload (or, for an upload that never filled a
-part, puts the tail as one object), attaches the sha256 (a copy onto itself) and
-then saves the state as done. If it stops in between (a crash, a lost answer), the
-multipart upload is gone and the next finish fails on it; that finish then
-recognises the object (published_before) and takes the work up where it stopped.
+A finish completes the multipart upload at the upload's staging key (or, for an
+upload that never filled a part, puts the tail as the object with its hash at
+once), publishes it to its key with its hash (s3.publish: a copy, then the staging
+object is removed) and then saves the state as done. If it stops in between (a
+crash, a lost answer), the multipart upload is gone and the next finish fails on
+it; that finish then recognises what the earlier one made (assembled_before,
+published_before) and takes the work up where it stopped.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from proxy.storage.base import ObjectInfo, ObjectNotFound, UpstreamError
 from proxy.storage.resumable import UploadState
 from proxy.storage.s3.multipart import UploadTarget, multipart_etag
 from proxy.storage.s3.objects import S3Storage
+from proxy.storage.s3.publish import publish
 from proxy.storage.s3.resumable.lease import Lease
 from proxy.storage.s3.resumable.plan import PartLayout
 from proxy.storage.s3.resumable.records import UploadRecords
@@ -55,16 +58,35 @@ async def finish_upload(
                     unsent = None
                     await sender.wait_all()
                     etags.update(sender.etags)
-                etag = await target.complete(parts.upload_id, etags)
-                etag = await target.attach_sha256(etag, state.offset, sha256)
+                await target.complete(parts.upload_id, etags)
             except UpstreamError:
-                published = await published_before(storage, target, state, parts, records, sha256)
-                if published is None:
+                published = await published_before(storage, state, sha256)
+                if published is not None:
+                    return await _done(state, parts, lease, records, storage, published, sha256)
+                if not await assembled_before(storage, target, state, parts, records):
                     raise
-                etag = published
+            etag = await publish(
+                target,
+                state.offset,
+                sha256,
+                writers=storage.writers,
+                max_concurrency=storage.cfg.max_concurrency,
+            )
     finally:
         if unsent is not None:
             unsent.close()
+    return await _done(state, parts, lease, records, storage, etag, sha256)
+
+
+async def _done(
+    state: UploadState,
+    parts: PartLayout,
+    lease: Lease,
+    records: UploadRecords,
+    storage: S3Storage,
+    etag: str,
+    sha256: str,
+) -> ObjectInfo:
     storage.forget_recent(state.key)
     await lease.save(replace(state, done=True, backend=parts.finished().backend()))
     if parts.tail is not None:
@@ -79,36 +101,39 @@ async def finish_upload(
     )
 
 
-async def published_before(
+async def published_before(storage: S3Storage, state: UploadState, sha256: str) -> str | None:
+    """The object's ETag if an earlier finish of this upload already published it
+    and then stopped before saving done: the key holds this upload's size and hash
+    (which only a copy of this upload's bytes carries)."""
+    try:
+        info = await storage.stat(state.key)
+    except ObjectNotFound:
+        return None
+    if info.size != state.offset or info.sha256 != sha256:
+        return None
+    log.info("upload %s: an earlier finish published it already", state.id)
+    return info.etag
+
+
+async def assembled_before(
     storage: S3Storage,
     target: UploadTarget,
     state: UploadState,
     parts: PartLayout,
     records: UploadRecords,
-    sha256: str,
-) -> str | None:
-    """The object's ETag if an earlier finish of this upload already completed it
-    and then stopped before saving done (a crash, a lost answer): that multipart
-    upload is gone, so this finish fails. The object is known by the sha256 the
-    earlier finish attached, or before that by the multipart ETag its parts make
-    (the MD5 of their MD5s, as S3 computes it; the tail, read again, was the last
-    part), and the work is taken up there."""
-    try:
-        info = await storage.stat(state.key)
-    except ObjectNotFound:
-        return None
-    if info.size != state.offset:
-        return None
-    if info.sha256 == sha256:
-        return info.etag
+) -> bool:
+    """Whether an earlier finish of this upload completed its multipart upload and
+    then stopped before publishing it (a crash, a lost answer): the staging key holds
+    the object these parts make, known by the multipart ETag (the MD5 of the parts'
+    MD5s, as S3 computes it; the tail, read again, was the last part)."""
     etags = [etag for _, etag, _ in parts.parts]
     if parts.tail is not None:
         etags.append(await _tail_md5(storage, records, state, parts))
     expected = multipart_etag(etags)
-    if expected is None or info.etag != expected:
-        return None  # another version, or not MD5 ETags (e.g. SSE-KMS): nothing to compare
-    log.info("upload %s: finishing the work of an earlier finish that stopped", state.id)
-    return await target.attach_sha256(info.etag, info.size, sha256)
+    if expected is None or await target.staged_etag() != expected:
+        return False  # not there, or not MD5 ETags (e.g. SSE-KMS): nothing to compare
+    log.info("upload %s: publishing what an earlier finish assembled", state.id)
+    return True
 
 
 async def _tail_md5(storage: S3Storage, records: UploadRecords, state: UploadState, parts: PartLayout) -> str:

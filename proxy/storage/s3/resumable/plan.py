@@ -87,6 +87,10 @@ class PartLayout:
 
     part_size: int
     growing: bool  # unknown length at creation: part sizes follow the growing schedule
+    # The multipart upload is assembled at the upload's own object key and copied to
+    # the object's key when it finishes (s3.publish); uploads created before that
+    # was so assemble at the object's key.
+    staged: bool = False
     upload_id: str | None = None
     parts: tuple[tuple[int, str, int], ...] = ()  # (number, ETag, size)
     tail: str | None = None
@@ -96,8 +100,8 @@ class PartLayout:
         """The layout of an upload of ``length`` bytes (None: not known yet);
         ValueError if S3 cannot hold that many."""
         if length is None:
-            return cls(preferred_part_size, growing=True)
-        return cls(part_size_for_known_size(length, preferred_part_size), growing=False)
+            return cls(preferred_part_size, growing=True, staged=True)
+        return cls(part_size_for_known_size(length, preferred_part_size), growing=False, staged=True)
 
     @classmethod
     def of(cls, state: UploadState) -> PartLayout:
@@ -105,6 +109,7 @@ class PartLayout:
         return cls(
             part_size=b["part_size"],
             growing=b["growing"],
+            staged=b.get("staged", False),
             upload_id=b.get("upload_id"),
             parts=tuple((int(n), str(e), int(s)) for n, e, s in b.get("parts", [])),
             tail=b.get("tail"),
@@ -112,6 +117,8 @@ class PartLayout:
 
     def backend(self) -> dict[str, Any]:
         record: dict[str, Any] = {"part_size": self.part_size, "growing": self.growing}
+        if self.staged:
+            record["staged"] = True
         if self.upload_id is not None:
             record["upload_id"] = self.upload_id
         if self.parts:
@@ -131,4 +138,4 @@ class PartLayout:
 
     def finished(self) -> PartLayout:
         """What a finished upload keeps: the part sizes, no parts, tail or upload id."""
-        return PartLayout(self.part_size, self.growing)
+        return PartLayout(self.part_size, self.growing, self.staged)

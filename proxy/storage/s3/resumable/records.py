@@ -124,7 +124,7 @@ class UploadRecords:
 
     async def put_tail(self, upload_id: str, token: str, data: PartBuffer) -> None:
         key = layout.upload_tail_key(upload_id, token)
-        target = self._storage.upload_target(key, "application/octet-stream")
+        target = self._storage.upload_target(key, "application/octet-stream", staging_key=key)
         body = await data.body()
         await upstream(
             self._client.put_object(

@@ -1,7 +1,9 @@
 """Resumable (tus) uploads in an S3 bucket: state, bytes and lock all in the bucket.
 
-The bytes go to one S3 multipart upload on the final key, created when the first
-part is full; what does not yet fill a part waits in a tail object. The work is
+The bytes go to one S3 multipart upload, created when the first part is full and
+assembled at the upload's own ``object`` key (storage.layout), then published to the
+final key with its hash (s3.publish); what does not yet fill a part waits in a tail
+object. The work is
 split by job:
 
 - plan.py: how the bytes are cut into parts (pure);
@@ -20,6 +22,7 @@ import contextlib
 import logging
 from dataclasses import replace
 
+from proxy.storage import layout
 from proxy.storage.base import ObjectInfo, ObjectTooLarge, StorageError
 from proxy.storage.resumable import UploadBody, UploadState
 from proxy.storage.s3.multipart import UploadTarget
@@ -69,7 +72,9 @@ class S3ResumableStore:
         return await self.leases.holding(state).save(state)
 
     def _target(self, state: UploadState) -> UploadTarget:
-        return self.storage.upload_target(state.key, state.content_type)
+        staged = PartLayout.of(state).staged
+        staging_key = layout.upload_object_key(state.id) if staged else state.key
+        return self.storage.upload_target(state.key, state.content_type, staging_key=staging_key)
 
     async def append(self, state: UploadState, body: UploadBody) -> UploadState:
         appending = Append(

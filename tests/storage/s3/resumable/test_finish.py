@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from proxy.storage import layout
 from proxy.storage.base import UpstreamError
 from proxy.storage.resumable import UploadLocked, UploadState
 from proxy.storage.s3.objects import S3Storage
@@ -41,7 +42,7 @@ async def any_interposer(
 
 
 def copies_onto(key: str) -> Callable[[Any], bool]:
-    """Whether an interposed request is the CopyObject that attaches sha256 to ``key``."""
+    """Whether an interposed request is the CopyObject that publishes ``key``."""
     return lambda s: s.operation == "PUT object" and s.path.endswith("/" + key)
 
 
@@ -56,7 +57,7 @@ async def state_once_unlocked(store: S3ResumableStore, upload_id: str) -> Upload
                 await asyncio.sleep(0.25)
 
 
-@pytest.mark.parametrize("stopped", ["before_sha256", "before_done"])
+@pytest.mark.parametrize("stopped", ["before_publish", "before_done"])
 @pytest.mark.parametrize("deferred", [False, True], ids=["known-length", "deferred-length"])
 async def test_a_finish_that_stopped_after_complete_is_taken_up(
     any_interposer: Any, stopped: str, deferred: bool
@@ -75,7 +76,7 @@ async def test_a_finish_that_stopped_after_complete_is_taken_up(
             state = await store.save(replace(held, length=len(data)))
     assert bool(state.backend.get("tail")) == deferred
     # The finish completes the object, then stops where a crash would stop it.
-    if stopped == "before_sha256":
+    if stopped == "before_publish":
         layer.fault = lambda s: 503 if copies_onto(state.key)(s) else None
     else:
         layer.fault = lambda s: (
@@ -89,7 +90,12 @@ async def test_a_finish_that_stopped_after_complete_is_taken_up(
     with pytest.raises((UpstreamError, UploadLocked)):
         await finish(store, state.id)
     layer.fault = None
-    assert view.get(state.key) == data
+    if stopped == "before_publish":
+        # Assembled at the upload's own key, not yet at the object's.
+        assert view.get(layout.upload_object_key(state.id)) == data
+        assert view.keys() == []  # nothing at the object's key yet
+    else:
+        assert view.get(state.key) == data
     assert not (await state_once_unlocked(store, state.id)).done
 
     info = await finish(await make_store(endpoint), state.id)  # as a restarted process would
@@ -99,11 +105,11 @@ async def test_a_finish_that_stopped_after_complete_is_taken_up(
     assert view.get(state.key) == data
     assert view.metadata(state.key)["sha256"] == digest
     assert (await store.get(state.id)).done
-    assert view.internal_keys() == [state_key(state.id)]  # the tail is gone
+    assert view.internal_keys() == [state_key(state.id)]  # the tail and staging object are gone
     assert view.leftovers() == [f"upload {state.id}"]  # no multipart upload either
 
 
-async def test_another_object_at_the_key_is_not_taken_for_the_upload(
+async def test_a_finish_taken_up_after_another_write_publishes_its_own_bytes(
     interposer: Any, make_store: MakeStore, view: S3View
 ) -> None:
     layer, endpoint = interposer
@@ -116,16 +122,20 @@ async def test_another_object_at_the_key_is_not_taken_for_the_upload(
     with pytest.raises(UpstreamError):
         await finish(store, state.id)
     layer.fault = None
-    # Meanwhile someone else wrote other bytes of the same size to the key.
+    # Meanwhile someone else wrote other bytes of the same size to the key: they are
+    # neither taken for this upload's nor labelled with its hash.
     other = payload(len(data), seed=99)
     view.client.put_object(Bucket=view.bucket, Key=state.key, Body=other)
-
-    with pytest.raises(UpstreamError):
-        await finish(store, state.id)
-
-    assert view.get(state.key) == other
     assert "sha256" not in view.metadata(state.key)
-    assert not (await store.get(state.id)).done
+
+    info = await finish(store, state.id)
+
+    digest = hashlib.sha256(data).hexdigest()
+    assert info.sha256 == digest
+    assert view.get(state.key) == data  # the finish came last, so its version is there
+    assert view.metadata(state.key)["sha256"] == digest
+    assert (await store.get(state.id)).done
+    assert view.internal_keys() == [state_key(state.id)]
 
 
 @pytest.mark.parametrize("size", [0, 1, PART - 1])
