@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,8 +32,10 @@ RSS_SAMPLE_SECONDS = 0.05
 # The issue's target: what the process holds may exceed the budget by at most this
 # (interpreter, libraries, connections and everything else the budget does not count).
 BUDGET_SLACK = 100 * MiB
-# HEAD requests in flight while checking what the uploads stored.
+# Requests in flight while checking (and deleting) what the uploads stored, and the
+# chunks their bytes are read back in.
 CHECK_CONCURRENCY = 16
+READ_BACK_CHUNK = 1024 * 1024
 
 
 class RssSampler:
@@ -115,21 +118,30 @@ async def concurrent_puts(
 
 
 async def check_stored(ctx: BenchContext, keys: list[str], size: int, sha256: str) -> list[str]:
-    """What S3 holds under ``keys``: each object ``size`` bytes, and its stored
-    sha256 (when it has one) the payload's; returns the problems found."""
+    """What S3 holds under ``keys``: each object read back whole, its bytes ``size``
+    long with the payload's SHA-256 (what the proxy sent S3, not only what it hashed
+    on receipt), and its stored sha256 (when it has one) the payload's too; returns
+    the problems found."""
     slots = asyncio.Semaphore(CHECK_CONCURRENCY)
     problems: list[str] = []
 
     async def one(key: str) -> None:
         async with slots:
             try:
-                head = await ctx.s3_client.head_object(Bucket=ctx.bucket, Key=key)
+                response = await ctx.s3_client.get_object(Bucket=ctx.bucket, Key=key)
+                digest, length = hashlib.sha256(), 0
+                try:
+                    async for chunk in response["Body"].iter_chunks(READ_BACK_CHUNK):
+                        digest.update(chunk)
+                        length += len(chunk)
+                finally:
+                    response["Body"].close()
             except Exception as exc:  # any failure to read it back is a failed upload
-                problems.append(f"HEAD {key}: {exc!r}")
+                problems.append(f"GET {key}: {exc!r}")
                 return
-        stored = head.get("Metadata", {}).get("sha256")
-        if int(head["ContentLength"]) != size or stored not in (None, sha256):
-            problems.append(f"{key}: stored {head['ContentLength']} bytes, sha256 {stored}")
+        got, stored = digest.hexdigest(), response.get("Metadata", {}).get("sha256")
+        if length != size or got != sha256 or stored not in (None, sha256):
+            problems.append(f"{key}: read back {length} bytes, sha256 {got}; stored sha256 {stored}")
 
     await asyncio.gather(*(one(key) for key in keys))
     return problems
@@ -234,7 +246,8 @@ def _row(ctx: BenchContext, budget: int, chunked: bool, r: LoadResult) -> Row:
             f"{measurement}: peak = max of VmHWM and VmRSS sampled every {RSS_SAMPLE_SECONDS * 1000:.0f} ms "
             f"(max {mib(r.sampled_max)}, {r.samples} samples); {mib(r.peak - r.idle)} above idle, "
             f"{mib(r.peak - budget - r.idle)} above idle + budget; RSS after the last answer "
-            f"{mib(r.after)}; all {s.concurrent_uploads} answers and stored objects checked "
-            f"(201, size, sha256); {mbps(total, r.seconds):.1f} MB/s in all, {r.seconds:.1f} s",
+            f"{mib(r.after)}; all {s.concurrent_uploads} answers checked (201, size, sha256) and every "
+            f"stored object read back (size, sha256 of its bytes and of its metadata); "
+            f"{mbps(total, r.seconds):.1f} MB/s in all, {r.seconds:.1f} s",
         ),
     )

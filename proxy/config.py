@@ -82,6 +82,12 @@ class ServerConfig:
     # server waits for one before the upload is aborted with 408 (0: no limit); like
     # nginx's client_body_timeout.
     body_timeout: float = 60.0
+    # Bytes per second a request body must average over each body_timeout seconds
+    # spent waiting for it (0: no minimum), so that a client trickling a byte just
+    # inside body_timeout cannot hold a connection and a temporary file for ever.
+    # Time the server spends storing is not counted. 500 as Apache's mod_reqtimeout:
+    # far below any real uplink, and it makes the cheap trickle cost real bandwidth.
+    body_min_rate: ByteSize = ByteSize(500)
     # Seconds a request head (request line and headers) may take from its first byte
     # (0: no limit); a client trickling header lines is cut off after it.
     head_timeout: float = 15.0
@@ -120,7 +126,13 @@ class S3Config:
     memory_budget: ByteSize = ByteSize(256 * MiB)
     max_pool_connections: int = 500
     connect_timeout: float = 10.0
+    # Seconds S3 may go without sending a byte of an answer. Long, as the original
+    # system had it: a CompleteMultipartUpload or a copy of gigabytes is slow.
     read_timeout: float = 900.0
+    # Seconds, retries included, that a call moving no object's bytes (HEAD, list,
+    # delete, create or abort a multipart upload) may take in all: a stalled S3
+    # must not hold a request for read_timeout, nor for its retries.
+    call_timeout: float = 60.0
     retry_mode: str = "standard"
     max_attempts: int = 5
     request_checksum_calculation: str = "when_supported"
@@ -281,6 +293,7 @@ def _validate(config: Config) -> None:
         (server.max_ranges >= 1, "server.max_ranges: must be at least 1"),
         (server.send_timeout >= 0, "server.send_timeout: must not be negative"),
         (server.body_timeout >= 0, "server.body_timeout: must not be negative"),
+        (server.body_min_rate >= 0, "server.body_min_rate: must not be negative"),
         (server.head_timeout >= 0, "server.head_timeout: must not be negative"),
         (server.keepalive_timeout >= 0, "server.keepalive_timeout: must not be negative"),
         (server.max_connections >= 0, "server.max_connections: must not be negative"),
@@ -317,8 +330,8 @@ def _validate(config: Config) -> None:
             "storage.s3.response_checksum_validation: must be when_supported or when_required",
         ),
         (
-            s3.connect_timeout > 0 and s3.read_timeout > 0,
-            "storage.s3.connect_timeout/read_timeout: must be positive",
+            s3.connect_timeout > 0 and s3.read_timeout > 0 and s3.call_timeout > 0,
+            "storage.s3.connect_timeout/read_timeout/call_timeout: must be positive",
         ),
     ]
     tus = config.tus

@@ -367,6 +367,14 @@ def test_time_and_connection_limits_default_to_bounded_values_and_0_turns_them_o
     assert (off.body_timeout, off.head_timeout, off.keepalive_timeout, off.max_connections) == (0, 0, 0, 0)
 
 
+def test_body_min_rate_defaults_to_500_bytes_a_second_takes_sizes_and_0_turns_it_off(tmp_path: Path) -> None:
+    assert load_config(None, {}).server.body_min_rate == 500
+    assert load_config(None, {"STREAM_PROXY_SERVER_BODY_MIN_RATE": "1KiB"}).server.body_min_rate == 1024
+    assert load_config(None, {"STREAM_PROXY_SERVER_BODY_MIN_RATE": "0"}).server.body_min_rate == 0
+    with pytest.raises(ConfigError, match=r"server\.body_min_rate"):
+        load_config(write(tmp_path, "[server]\nbody_min_rate = -1\n"), {})
+
+
 @pytest.mark.parametrize("value", ["-1", "1.5", "many"])
 def test_max_connections_must_be_a_whole_non_negative_number(value: str) -> None:
     with pytest.raises(ConfigError, match=r"server\.max_connections"):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from proxy.config import Config
+from proxy.rules.body_pace import Pace
 from proxy.storage.backend import Backend
 from proxy.storage.base import Storage
 from proxy.storage.resumable import ResumableStore
@@ -47,6 +48,7 @@ STORAGE: web.AppKey[Storage] = web.AppKey("storage", Storage)
 UPLOADS: web.AppKey[ResumableStore] = web.AppKey("uploads", ResumableStore)
 MAX_UPLOAD: web.AppKey[int] = web.AppKey("max_upload_bytes", int)
 BODY_TIMEOUT: web.AppKey[float | None] = web.AppKey("body_timeout")  # None: no limit
+BODY_PACE: web.AppKey[Pace] = web.AppKey("body_pace", Pace)  # server.body_min_rate over body_timeout windows
 DOWNLOADS: web.AppKey[DownloadSettings] = web.AppKey("downloads", DownloadSettings)
 TUS: web.AppKey[TusSettings] = web.AppKey("tus", TusSettings)
 SWEEP_INTERVAL: web.AppKey[float] = web.AppKey("sweep_interval", float)
@@ -60,6 +62,7 @@ def install(app: web.Application, config: Config, backend: Backend) -> None:
     app[UPLOADS] = backend.uploads
     app[MAX_UPLOAD] = config.server.max_upload_bytes
     app[BODY_TIMEOUT] = config.server.body_timeout or None
+    app[BODY_PACE] = Pace(config.server.body_min_rate, config.server.body_timeout)
     app[DOWNLOADS] = DownloadSettings(
         cache_control=config.server.cache_control,
         max_ranges=config.server.max_ranges,

@@ -1,5 +1,6 @@
 """The shared upload memory budget (proxy/streaming/budget.py): grants that fit,
-refusals that reserve nothing, releases that cannot go below zero."""
+refusals that reserve nothing, releases that cannot go below zero; fixed charges
+granted always, counted against what may still be reserved."""
 
 from __future__ import annotations
 
@@ -63,3 +64,31 @@ def test_in_use_never_exceeds_the_total(steps: list[tuple[bool, int]]) -> None:
         assert 0 <= budget.in_use <= budget.total
         assert budget.in_use == sum(held)
         assert budget.peak >= budget.in_use
+
+
+def test_a_charge_is_granted_past_the_total_and_leaves_less_to_reserve() -> None:
+    budget = MemoryBudget(100)
+    budget.charge(30)
+    assert budget.try_acquire(70)
+    assert not budget.try_acquire(1)  # 30 charged + 70 reserved: full
+    budget.charge(50)  # held whatever the budget says
+    assert (budget.charged, budget.in_use, budget.peak) == (80, 70, 70)
+    budget.release(70)
+    assert not budget.try_acquire(21)  # the charges alone leave 20
+    assert budget.try_acquire(20)
+    budget.release(20)
+    budget.refund(80)
+    assert budget.try_acquire(100)
+    assert (budget.charged, budget.in_use) == (0, 100)
+
+
+def test_negative_charges_and_over_refunds_are_refused() -> None:
+    budget = MemoryBudget(100)
+    with pytest.raises(ValueError):
+        budget.charge(-1)
+    budget.charge(10)
+    with pytest.raises(ValueError):
+        budget.refund(11)
+    with pytest.raises(ValueError):
+        budget.refund(-1)
+    assert budget.charged == 10

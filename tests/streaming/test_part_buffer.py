@@ -1,13 +1,16 @@
 """Part buffers (proxy/streaming/part_buffer.py): in memory while the budget takes each
 chunk, in an unnamed temporary file once it does not; the same bytes, CRC32 and MD5
-either way, and nothing held after close."""
+either way, a fixed charge per buffer that holds bytes, and nothing held after close
+(memory unmapped, file closed, budget given back)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import hashlib
 import os
+import tempfile
 import zlib
 
 import pytest
@@ -15,22 +18,53 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.streaming.budget import MemoryBudget
-from proxy.streaming.part_buffer import PartBuffer
+from proxy.streaming.part_buffer import PART_OVERHEAD, PIECE, PartBuffer
+
+MiB = 1024 * 1024
+
+
+def budget_for(buffers: int, nbytes: int) -> MemoryBudget:
+    """A budget that takes ``buffers`` buffers' fixed charge and ``nbytes`` bytes."""
+    return MemoryBudget(buffers * PART_OVERHEAD + nbytes)
 
 
 async def content(part: PartBuffer) -> bytes:
+    """What aiohttp would send: the body's pieces, each at most PIECE bytes."""
     body = await part.body()
-    if isinstance(body, bytes | bytearray):
-        return bytes(body)
-    return await asyncio.to_thread(body.read)
+    pieces = [bytes(piece) async for piece in body]
+    assert all(0 < len(piece) <= PIECE for piece in pieces)
+    return b"".join(pieces)
 
 
 def crc32_of(data: bytes) -> str:
     return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
 
 
+def rss_anon() -> int:
+    """The process's resident anonymous memory (heap, mmaps), from the kernel."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no RssAnon in /proc/self/status")
+
+
+def temp_files_open() -> list[str]:
+    """What this process's descriptors into the temporary directory point at."""
+    tmp = os.path.realpath(tempfile.gettempdir())
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor)
+        if target.startswith(tmp + "/"):
+            found.append(target)
+    return found
+
+
 async def test_within_the_budget_it_stays_in_memory() -> None:
-    budget = MemoryBudget(100)
+    budget = budget_for(1, 100)
     part = PartBuffer(budget)
     for chunk in (b"abc", b"", b"defg"):
         await part.add(chunk)
@@ -40,14 +74,15 @@ async def test_within_the_budget_it_stays_in_memory() -> None:
     assert part.crc32 == crc32_of(b"abcdefg")
     assert await part.md5() == hashlib.md5(b"abcdefg").digest()
     part.close()
-    assert budget.in_use == 0
+    assert (budget.in_use, budget.charged) == (0, 0)
 
 
 async def test_past_the_budget_it_moves_to_a_file_and_gives_the_memory_back() -> None:
-    budget = MemoryBudget(10)
+    budget = budget_for(2, 10)
     other = PartBuffer(budget)
     await other.add(b"x" * 6)
     part = PartBuffer(budget)
+    files_before = temp_files_open()
     await part.add(b"0123")
     await part.add(b"456")  # 6 + 4 + 3 > 10: refused, so the part spills
     assert part.spilled
@@ -58,19 +93,19 @@ async def test_past_the_budget_it_moves_to_a_file_and_gives_the_memory_back() ->
     assert part.crc32 == crc32_of(b"0123456789")
     assert await part.md5() == hashlib.md5(b"0123456789").digest()
     # The file has no name: nothing is left on disk whatever happens to the process.
-    body = await part.body()
-    assert not isinstance(body, bytes | bytearray)
-    assert os.readlink(f"/proc/self/fd/{body.fileno()}").endswith("(deleted)")
+    new = [f for f in temp_files_open() if f not in files_before]
+    assert len(new) == 1 and new[0].endswith("(deleted)")
     part.close()
+    assert [f for f in temp_files_open() if f not in files_before] == []  # closed
     other.close()
     part.close()  # twice is harmless
-    assert budget.in_use == 0
+    assert (budget.in_use, budget.charged) == (0, 0)
 
 
 async def test_a_declared_size_reserves_nothing_ahead() -> None:
     """Many buffers that each got one byte hold one byte each, however large the part
     they are filling may become: a stalled client keeps nobody else waiting."""
-    budget = MemoryBudget(64)
+    budget = budget_for(65, 64)
     parts = [PartBuffer(budget) for _ in range(64)]
     for part in parts:
         await part.add(b"x")
@@ -81,7 +116,28 @@ async def test_a_declared_size_reserves_nothing_ahead() -> None:
     assert late.spilled
     for part in (*parts, late):
         part.close()
-    assert budget.in_use == 0
+    assert (budget.in_use, budget.charged) == (0, 0)
+
+
+async def test_each_buffer_holding_bytes_is_charged_its_fixed_cost_until_closed() -> None:
+    budget = budget_for(2, 100)
+    empty = PartBuffer(budget)
+    assert budget.charged == 0  # no bytes yet: nothing on its way, nothing charged
+    first, second = PartBuffer(budget), PartBuffer(budget)
+    await first.add(b"a" * 60)
+    assert (budget.charged, budget.in_use) == (PART_OVERHEAD, 60)
+    await first.add(b"b" * 40)  # what is left beside one charge
+    assert not first.spilled
+    await second.add(b"c")  # the second charge takes the room the byte would need
+    assert second.spilled
+    assert budget.charged == 2 * PART_OVERHEAD
+    # Charged past the total all the same: the cost is held whatever the budget says.
+    third = PartBuffer(budget)
+    await third.add(b"d")
+    assert third.spilled and budget.charged == 3 * PART_OVERHEAD
+    for part in (empty, first, second, third, first):
+        part.close()
+    assert (budget.in_use, budget.charged) == (0, 0)
 
 
 async def test_a_chunk_counted_is_stored_even_if_the_adder_is_cancelled() -> None:
@@ -97,6 +153,45 @@ async def test_a_chunk_counted_is_stored_even_if_the_adder_is_cancelled() -> Non
     part.close()
 
 
+async def test_memory_goes_back_to_the_system_on_close_even_with_its_body_still_held() -> None:
+    """A part's memory is unmapped by close(), whoever still holds its body (botocore
+    keeps a request's body past the call); RssAnon is what the kernel counts."""
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    budget = MemoryBudget(256 * MiB)
+    gc.collect()
+    before = rss_anon()
+    part = PartBuffer(budget)
+    for _ in range(48):
+        await part.add(chunk)
+    body = await part.body()
+    assert rss_anon() - before >= 40 * MiB
+    part.close()
+    gc.collect()
+    assert rss_anon() - before < 8 * MiB
+    del body
+
+
+async def test_a_piece_still_out_at_close_keeps_its_bytes_and_is_freed_with_it() -> None:
+    """aiohttp may still hold the piece it is writing when the part is closed (a
+    cancelled upload): that piece stays valid, and its memory goes when it does."""
+    chunk = b"\xab" * MiB
+    budget = MemoryBudget(256 * MiB)
+    gc.collect()
+    before = rss_anon()
+    part = PartBuffer(budget)
+    for _ in range(32):
+        await part.add(chunk)
+    pieces = aiter(await part.body())
+    piece = await anext(pieces)
+    part.close()  # no BufferError: the block under the piece is left to the piece
+    assert (budget.in_use, budget.charged) == (0, 0)
+    assert bytes(piece) == b"\xab" * PIECE
+    assert rss_anon() - before < 8 * MiB
+    del piece, pieces
+    gc.collect()
+    assert rss_anon() - before < 8 * MiB
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     total=st.integers(1, 64),
@@ -104,7 +199,7 @@ async def test_a_chunk_counted_is_stored_even_if_the_adder_is_cancelled() -> Non
 )
 def test_same_bytes_and_checksums_in_memory_or_on_disk(total: int, chunks: list[bytes]) -> None:
     async def run() -> None:
-        budget = MemoryBudget(total)
+        budget = budget_for(1, total)
         part = PartBuffer(budget)
         for chunk in chunks:
             await part.add(chunk)
@@ -116,6 +211,6 @@ def test_same_bytes_and_checksums_in_memory_or_on_disk(total: int, chunks: list[
         assert part.crc32 == crc32_of(data)
         assert await part.md5() == hashlib.md5(data).digest()
         part.close()
-        assert budget.in_use == 0
+        assert (budget.in_use, budget.charged) == (0, 0)
 
     asyncio.run(run())

@@ -16,6 +16,7 @@ from proxy.config import S3Config
 from proxy.rules.keys import is_valid_key, validate_cursor, validate_key, validate_list_prefix
 from proxy.storage import layout
 from proxy.storage.base import BodyRelay, ObjectInfo, ObjectPage
+from proxy.storage.s3.deadlines import DeadlineClient
 from proxy.storage.s3.errors import quoted_etag, upstream
 from proxy.storage.s3.multipart import SHA256_META, UploadTarget
 from proxy.storage.s3.put import S3Upload, UploadSettings
@@ -94,11 +95,12 @@ class S3Storage:
         return self._client
 
     async def start(self) -> None:
-        self._client = await self._stack.enter_async_context(
+        client = await self._stack.enter_async_context(
             self._session.client("s3", endpoint_url=self.cfg.endpoint_url, config=boto_config(self.cfg))
         )
+        self._client = DeadlineClient(client, self.cfg.call_timeout)
         self._relay = await S3Relay.for_client(
-            self._client,
+            client,
             self._session,
             self.bucket,
             max_connections=self.cfg.max_pool_connections,
