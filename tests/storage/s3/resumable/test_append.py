@@ -15,7 +15,7 @@ from proxy.storage.s3.objects import S3Storage
 from proxy.storage.s3.resumable.store import S3ResumableStore
 from proxy.streaming.bodies import BodyTooLarge
 from proxy.streaming.sha256_state import ResumableSha256
-from tests.conftest import MiB, S3Endpoint, S3View, new_upload_state
+from tests.conftest import MiB, S3Endpoint, S3View, new_upload_state, wait_until
 from tests.s3_interposer import S3Interposer
 from tests.storage.s3.resumable.support import (
     PART,
@@ -64,13 +64,24 @@ async def test_refused_chunk_keeps_nothing(
     state = await store.create(new_upload_state(len(data)))
     state = await append(store, state.id, data[:1000])
     internal = view.internal_keys()
+
+    async def a_part_sent_first(part_of: bytes) -> AsyncIterator[bytes]:
+        """The chunks, waiting past the first part for it to reach S3: the refusal
+        that follows would otherwise cut it off (parts go out in pieces)."""
+        given = 0
+        for chunk in chunks(part_of):
+            if given >= PART:
+                await wait_until(lambda: "UploadPart" in layer.operations())
+            yield chunk
+            given += len(chunk)
+
     async with store.lock(state.id) as held:
         if refusal == "checksum":
             checksum = Checksum("sha1", hashlib.sha1(b"other bytes").digest())
-            body = UploadBody(agen(chunks(data[1000 : 2 * PART])), state=held, checksum=checksum)
+            body = UploadBody(a_part_sent_first(data[1000 : 2 * PART]), state=held, checksum=checksum)
             error: type[Exception] = ChecksumMismatch
         else:
-            body = UploadBody(agen(chunks(data[1000:])), state=held, limit=PART + 10)
+            body = UploadBody(a_part_sent_first(data[1000:]), state=held, limit=PART + 10)
             error = BodyTooLarge
         with pytest.raises(error):
             await store.append(held, body)
