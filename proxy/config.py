@@ -14,12 +14,14 @@ import math
 import os
 import re
 import tomllib
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from proxy.config_auth import check_auth, read_secrets
 from proxy.rules.keys import validate_list_prefix
 from proxy.rules.origins import is_origin
 from proxy.rules.tus import validate_key_template
@@ -160,11 +162,53 @@ class TusConfig:
     lock_lease: float = 30.0
 
 
+# -- access control ([auth]): with no such section the server is open, and serves only
+# on a loopback address (proxy/cli.py); with one, every request is checked.
+@dataclass(frozen=True)
+class TokenConfig:
+    # Named in the log of every request it makes; never the secret.
+    name: str = ""
+    # The secret's SHA-256 (hex), so that the file grants nothing if it leaks; or the
+    # secret itself, read at start from an environment variable or a file.
+    sha256: str = ""
+    secret_env: str = ""
+    secret_file: Path | None = None
+    # "ACTIONS:PREFIX" each (proxy/rules/grants.py), e.g. "read,list:", "write:uploads/".
+    grants: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SigningKeyConfig:
+    # HMAC needs the secret itself (no hash will do): from an environment variable or
+    # a file, or inline (tests, or a file only the server can read). At least 32 bytes.
+    secret: str = field(default="", repr=False)
+    secret_env: str = ""
+    secret_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    # Everyone may do everything, on any address: set on purpose, never by default.
+    open: bool = False
+    # Grants of requests without credentials ("read:public/"); none by default.
+    anonymous: tuple[str, ...] = ()
+    tokens: tuple[TokenConfig, ...] = ()
+    # Signed URLs' keys by id: several, so keys rotate without breaking issued URLs.
+    signing_keys: dict[str, SigningKeyConfig] = field(default_factory=dict)
+    # Seconds past its expiry a signature is still taken: the clocks of the machine
+    # that signed and of this one may differ a little.
+    clock_skew: float = 30.0
+    # Origins whose pages' scripts may call this server and read its answers (CORS);
+    # they may also write, as server.allowed_origins may.
+    cors_origins: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     tus: TusConfig = field(default_factory=TusConfig)
+    auth: AuthConfig | None = None  # None: no [auth] section
 
 
 def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
@@ -178,9 +222,14 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    overrides = _env_overrides(Config, (), os.environ if environ is None else environ)
-    config: Config = _build(Config, _merge(raw, overrides), ())
+    env = os.environ if environ is None else environ
+    config: Config = _build(Config, _merge(raw, _env_overrides(Config, (), env)), ())
     _validate(config)
+    if config.auth is not None:
+        try:
+            config = dataclasses.replace(config, auth=read_secrets(config.auth, env))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     return config
 
 
@@ -188,11 +237,14 @@ def _env_overrides(cls: type, path: tuple[str, ...], environ: Mapping[str, str])
     out: dict[str, Any] = {}
     for name, hint in get_type_hints(cls).items():
         here = (*path, name)
-        if dataclasses.is_dataclass(hint):
-            nested = _env_overrides(hint, here, environ)  # type: ignore[arg-type]
+        table = _table_of(hint)
+        if table is not None:
+            nested = _env_overrides(table, here, environ)
             if nested:
                 out[name] = nested
             continue
+        if _tables_of(hint) is not None:
+            continue  # lists of tables (auth.tokens, auth.signing_keys): the file only
         var = ENV_PREFIX + "_".join(here).upper()
         if var in environ:
             out[name] = environ[var]
@@ -224,11 +276,42 @@ def _build(cls: type, raw: Any, path: tuple[str, ...]) -> Any:
         if name not in raw:
             continue
         here = (*path, name)
-        if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, raw[name], here)  # type: ignore[arg-type]
+        table, tables = _table_of(hint), _tables_of(hint)
+        if table is not None:
+            values[name] = _build(table, raw[name], here)
+        elif tables is not None:
+            values[name] = _build_tables(hint, tables, raw[name], here)
         else:
             values[name] = _coerce(hint, raw[name], ".".join(here))
     return cls(**values)
+
+
+def _table_of(hint: Any) -> type | None:
+    """The dataclass a setting of type ``X`` or ``X | None`` is a table of."""
+    if get_origin(hint) in (Union, types.UnionType):
+        hint = next((a for a in get_args(hint) if a is not type(None)), None)
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
+
+
+def _tables_of(hint: Any) -> type | None:
+    """The dataclass of the tables of a ``tuple[X, ...]`` or ``dict[str, X]`` setting."""
+    args, origin = get_args(hint), get_origin(hint)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return _table_of(args[0])
+    if origin is dict and len(args) == 2:
+        return _table_of(args[1])
+    return None
+
+
+def _build_tables(hint: Any, table: type, raw: Any, path: tuple[str, ...]) -> Any:
+    where = ".".join(path)
+    if get_origin(hint) is dict:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a table of tables")
+        return {name: _build(table, value, (*path, name)) for name, value in raw.items()}
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: expected an array of tables ([[{where}]])")
+    return tuple(_build(table, value, (*path[:-1], f"{path[-1]}[{i}]")) for i, value in enumerate(raw))
 
 
 def _coerce(hint: Any, value: Any, name: str) -> Any:
@@ -355,3 +438,8 @@ def _validate(config: Config) -> None:
     for origin in server.allowed_origins:
         if not is_origin(origin):
             raise ConfigError(f"server.allowed_origins: {origin!r} is not scheme://host[:port]")
+    if config.auth is not None:
+        try:
+            check_auth(config.auth)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None

@@ -150,3 +150,117 @@ async def test_serve_bounds_connections_as_configured(tmp_path: Path) -> None:
         output = (await asyncio.wait_for(proc.communicate(), 40))[0].decode()
     assert proc.returncode == 0, output
     assert "Traceback" not in output
+
+
+def test_a_public_address_without_auth_is_refused(tmp_path: Path) -> None:
+    env = {"STREAM_PROXY_STORAGE_LOCAL_ROOT": str(tmp_path / "data")}
+    for host in ("0.0.0.0", "::", "192.0.2.1"):
+        result = run_cli(
+            "serve", "--config", "config.toml", "--host", host, "--port", str(free_port()), env=env
+        )
+        assert_one_line_start_error(result, host, "[auth]", "token new", "auth.open")
+    assert not (tmp_path / "data").exists()  # refused before anything was made
+
+
+def test_token_and_signing_key_commands_refuse_bad_input() -> None:
+    assert_one_line_start_error(run_cli("token", "new", "a b", "--grant", "read:"), "token name")
+    assert_one_line_start_error(run_cli("token", "new", "a", "--grant", "admin:"), "--grant", "admin")
+    assert_one_line_start_error(run_cli("signing-key", "new", "k/1"), "signing key id")
+    assert run_cli("token", "new", "a").returncode == 2  # --grant is required
+
+
+async def _serve_on_all_addresses(config: Path, port: int, **env: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *[
+            sys.executable,
+            "-m",
+            "proxy",
+            "serve",
+            "--config",
+            str(config),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+
+
+async def test_serves_on_all_addresses_with_the_tokens_and_keys_the_commands_print(tmp_path: Path) -> None:
+    made = run_cli("token", "new", "uploader", "--grant", "read,list:", "--grant", "write:videos/")
+    assert made.returncode == 0, made.stderr
+    secret, toml = made.stdout.split("\n", 1)
+    assert secret not in toml and hashlib.sha256(secret.encode()).hexdigest() in toml
+    key = run_cli("signing-key", "new", "k1")
+    assert key.returncode == 0, key.stderr
+    config = tmp_path / "c.toml"
+    config.write_text(f'[storage.local]\nroot = "{tmp_path / "data"}"\n[auth]\n{toml}\n{key.stdout}')
+    port = free_port()
+    proc = await _serve_on_all_addresses(config, port)
+    try:
+        await wait_for_port(port)
+        base = f"http://127.0.0.1:{port}"
+        signed = run_cli(
+            "sign", "--config", str(config), "--key-id", "k1", "--action", "read",
+            "--key", "videos/a b.mp4", "--expires", "60", "--base", base,
+        )  # fmt: skip
+        assert signed.returncode == 0, signed.stderr
+        url = signed.stdout.strip()
+        assert url.startswith(f"{base}/s/") and url.endswith("/files/videos/a%20b.mp4")
+        async with aiohttp.ClientSession() as session:
+            async with session.put(f"{base}/files/videos/a b.mp4", data=b"abc") as r:
+                assert r.status == 401
+            auth = {"Authorization": f"Bearer {secret}"}
+            async with session.put(f"{base}/files/videos/a b.mp4", data=b"abc", headers=auth) as r:
+                assert r.status == 201
+            async with session.put(f"{base}/files/other.mp4", data=b"abc", headers=auth) as r:
+                assert r.status == 403
+            async with session.get(url) as r:
+                assert r.status == 200 and await r.read() == b"abc"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = (await asyncio.wait_for(proc.communicate(), 40))[0].decode()
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output and secret not in output
+    # The access log names the token, not its secret, and leaves the signature out.
+    assert "token uploader" in output and "key k1" in output and url.split("/")[4] not in output
+
+
+async def test_auth_open_serves_on_all_addresses_on_purpose(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[storage.local]\nroot = "{tmp_path / "data"}"\n[auth]\nopen = true\n')
+    port = free_port()
+    proc = await _serve_on_all_addresses(config, port)
+    try:
+        await wait_for_port(port)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.put(f"http://127.0.0.1:{port}/files/x", data=b"1") as r,
+        ):
+            assert r.status == 201
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = (await asyncio.wait_for(proc.communicate(), 40))[0].decode()
+    assert proc.returncode == 0, output
+
+
+def test_sign_refuses_what_it_cannot_sign(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[auth.signing_keys.k1]\nsecret = "0123456789abcdef0123456789abcdef"\n')
+    sign = ["sign", "--config", str(config), "--expires", "60"]
+    cases = [
+        (["--key-id", "k2", "--action", "read", "--key", "a"], ["--key-id", "k2"]),
+        (["--key-id", "k1", "--action", "read", "--key", "../a"], ["segment"]),
+        (["--key-id", "k1", "--action", "read", "--key", "a", "--max-size", "1"], ["--action write"]),
+        (["--key-id", "k1", "--action", "write", "--key", "a", "--content-type", "no"], ["media type"]),
+    ]
+    for args, words in cases:
+        assert_one_line_start_error(run_cli(*sign, *args), *words)
+    made = run_cli(
+        *sign, "--key-id", "k1", "--action", "write", "--prefix", "up/", "--max-size", "1MiB", "--query"
+    )
+    assert made.returncode == 0 and made.stdout.startswith("http://127.0.0.1:8080/files/up/?sig=")

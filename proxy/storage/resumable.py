@@ -47,7 +47,8 @@ class UploadState:
     SHA-256 state (ResumableSha256) of exactly those bytes. ``backend`` holds what
     only the backend needs (S3: multipart UploadId, parts, the object holding the
     bytes that do not yet fill a part) and ``version`` the stored state's revision
-    (S3: its ETag), both opaque to the handler.
+    (S3: its ETag), both opaque to the handler. ``owner`` names the identity that
+    created it, as the access check records and compares it.
     """
 
     id: str
@@ -61,6 +62,10 @@ class UploadState:
     sha256: str = field(default_factory=lambda: ResumableSha256().state())
     done: bool = False
     backend: dict[str, Any] = field(default_factory=dict)
+    # Who created the upload, as the access check names callers: only they may go on
+    # with it. None for uploads made with access control off, and in states stored
+    # before there was an owner.
+    owner: str | None = None
     version: str | None = field(default=None, compare=False)
 
     def to_json(self) -> bytes:

@@ -1,11 +1,11 @@
 """What every request must pass before a handler runs, and before its client is told
 to send the body it announced with ``Expect: 100-continue``.
 
-The middleware runs the checks every request gets. A route whose body may be large
-also names checks of its own (key, size, content type: those its handler makes
-first); its ``Expect`` handler runs both before answering 100 Continue, so a client
-never sends a body that will be refused. Checks raise the errors the error module
-turns into JSON.
+The middleware runs the checks every request gets, access control (auth.py) last.
+A route whose body may be large also names checks of its own (key, size, content
+type: those its handler makes first); its ``Expect`` handler runs both before
+answering 100 Continue, so a client never sends a body that will be refused. Checks
+raise the errors the error module turns into JSON.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import HttpVersion10, HttpVersion11, web
 
 from proxy.rules.origins import write_allowed
+from proxy.web.auth import authorize
 from proxy.web.errors import ApiError, Handler, error_response
 from proxy.web.settings import ALLOWED_ORIGINS
 
@@ -50,6 +51,7 @@ def admit(request: web.Request) -> None:
 @web.middleware
 async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     admit(request)
+    await authorize(request)
     return await handler(request)
 
 
@@ -61,6 +63,7 @@ def expect_continue(*checks: Check) -> ExpectHandler:
     async def handle(request: web.Request) -> web.StreamResponse | None:
         try:
             admit(request)
+            await authorize(request)
             for check in checks:
                 check(request)
             # HTTP/1.0 has no 100 Continue: there the body just comes.

@@ -1,5 +1,10 @@
-"""Every URL the server answers, and the handler behind it: the one place that
-knows the routes, so that handlers never import each other."""
+"""Every URL the server answers, the handler behind it, and what it is to access
+control (auth.py): the one place that knows the routes, so that handlers never
+import each other.
+
+Every route is also served under ``/s/<signature>``, so that a signed URL's relative
+links (an HLS playlist's segments, a tus upload's Location) keep the signature.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from aiohttp import web
 
 from proxy.web import downloads, files, listing, tus
 from proxy.web.admission import expect_continue
+from proxy.web.auth import SIGNED_BASE, Resource, guard
 
 # [\s\S] rather than '.', so that keys with control characters reach validate_key
 # and get a clear 400 instead of a 404.
@@ -15,30 +21,45 @@ PREFIX_ROUTE = r"/files/{prefix:[\s\S]+/}"
 
 
 def add_routes(app: web.Application) -> None:
+    for base in ("", SIGNED_BASE):
+        _add_file_routes(app, base)
+        _add_tus_routes(app, base)
+
+
+def _add_file_routes(app: web.Application, base: str) -> None:
     router = app.router
     # A body is asked for (Expect: 100-continue) only once what can be checked
     # without it has been.
     put_checks = expect_continue(files.check_put)
     post_checks = expect_continue(files.check_post)
-    router.add_put(KEY_ROUTE, files.put_file, expect_handler=put_checks)
-    router.add_delete(KEY_ROUTE, files.delete_file)
-    router.add_post("/files", files.post_files, expect_handler=post_checks)
-    router.add_post("/files/", files.post_files, expect_handler=post_checks)
-    router.add_post(PREFIX_ROUTE, files.post_files, expect_handler=post_checks)
-    router.add_get(KEY_ROUTE, downloads.get_file)  # and HEAD
-    router.add_get("/files", listing.list_files)
-    _add_tus_routes(router)
+    obj = router.add_resource(base + KEY_ROUTE)
+    obj.add_route("PUT", files.put_file, expect_handler=put_checks)
+    obj.add_route("DELETE", files.delete_file)
+    obj.add_route("HEAD", downloads.get_file)
+    obj.add_route("GET", downloads.get_file)
+    guard(app, obj, Resource.OBJECT)
+    for path in (base + "/files", base + "/files/", base + PREFIX_ROUTE):
+        folder = router.add_resource(path)
+        folder.add_route("POST", files.post_files, expect_handler=post_checks)
+        if path.endswith("/files"):
+            folder.add_route("HEAD", listing.list_files)
+            folder.add_route("GET", listing.list_files)
+        guard(app, folder, Resource.FILES)
 
 
-def _add_tus_routes(router: web.UrlDispatcher) -> None:
+def _add_tus_routes(app: web.Application, base: str) -> None:
+    router = app.router
     endpoint = tus.tus_endpoint
     body_checks = expect_continue(tus.check_body)
-    upload = tus.BASE + "/{upload_id}"
-    for path in (tus.BASE, tus.BASE + "/"):
-        router.add_route("OPTIONS", path, endpoint(tus.options))
-        router.add_post(path, endpoint(tus.create), expect_handler=body_checks)
-    router.add_route("OPTIONS", upload, endpoint(tus.options))
-    router.add_head(upload, endpoint(tus.head))
-    router.add_patch(upload, endpoint(tus.patch), expect_handler=body_checks)
-    router.add_delete(upload, endpoint(tus.terminate))
-    router.add_post(upload, endpoint(tus.method_override), expect_handler=body_checks)
+    for path in (base + tus.BASE, base + tus.BASE + "/"):
+        uploads = router.add_resource(path)
+        uploads.add_route("OPTIONS", endpoint(tus.options))
+        uploads.add_route("POST", endpoint(tus.create), expect_handler=body_checks)
+        guard(app, uploads, Resource.UPLOADS)
+    upload = router.add_resource(base + tus.BASE + "/{upload_id}")
+    upload.add_route("OPTIONS", endpoint(tus.options))
+    upload.add_route("HEAD", endpoint(tus.head))
+    upload.add_route("PATCH", endpoint(tus.patch), expect_handler=body_checks)
+    upload.add_route("DELETE", endpoint(tus.terminate))
+    upload.add_route("POST", endpoint(tus.method_override), expect_handler=body_checks)
+    guard(app, upload, Resource.UPLOAD)

@@ -75,4 +75,6 @@ def install(app: web.Application, config: Config, backend: Backend) -> None:
         max_size=config.server.max_upload_bytes,
     )
     app[SWEEP_INTERVAL] = config.tus.sweep_interval
-    app[ALLOWED_ORIGINS] = config.server.allowed_origins
+    # Pages that may call this server from script (auth.cors_origins) may also write.
+    cors_origins = config.auth.cors_origins if config.auth is not None else ()
+    app[ALLOWED_ORIGINS] = config.server.allowed_origins + cors_origins

@@ -1,8 +1,11 @@
 """Resumable uploads at /uploads/: the tus 1.0.0 protocol over a ResumableStore.
 
 Header rules are pure functions in proxy.rules.tus; bytes, state and locking are
-the store's. This module decides statuses and headers, and nothing here keeps an
-upload's state between requests: any process sharing the backend can answer.
+the store's; who may do what is auth.py's, which checks every request before it
+comes here and, for a creation, picks the upload's id (and with a signed URL for
+one key, its key) and owner. This module decides statuses and headers, and nothing
+here keeps an upload's state between requests: any process sharing the backend can
+answer.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from urllib.parse import quote
-from uuid import uuid4
 
 from aiohttp import web
 
@@ -34,6 +36,7 @@ from proxy.rules.tus import (
     upload_location,
 )
 from proxy.storage.resumable import UPLOAD_ID, UploadBody, UploadNotFound, UploadState
+from proxy.web.auth import upload_creation, url_credential
 from proxy.web.errors import ApiError, Handler, to_api_error
 from proxy.web.requests import request_chunks
 from proxy.web.settings import TUS, UPLOADS, TusSettings
@@ -65,7 +68,7 @@ def check_body(request: web.Request) -> None:
         _check_version(request)
         if "upload_id" not in request.match_info:
             # The key's length does not depend on which id the upload gets.
-            _new_upload(request, "0" * 32)
+            _new_upload(request, "0" * 32, upload_creation(request).key)
             return
         _check_content_type(request, required=True)
         _offset(request)
@@ -147,8 +150,9 @@ class _NewUpload:
     content_type: str
 
 
-def _new_upload(request: web.Request, upload_id: str) -> _NewUpload:
-    """What a creation asks for, checked before anything is stored or its body sent."""
+def _new_upload(request: web.Request, upload_id: str, key: str | None) -> _NewUpload:
+    """What a creation asks for, checked before anything is stored or its body sent;
+    the key is ``key``, or else the template's."""
     settings = request.app[TUS]
     if "Upload-Concat" in request.headers:
         # Not offered (Tus-Extension says so): a partial upload must not become an
@@ -164,7 +168,8 @@ def _new_upload(request: web.Request, upload_id: str) -> _NewUpload:
     _check_chunk_size(request, (settings.max_size or None) if length is None else length)
     raw_metadata = request.headers.get("Upload-Metadata", "").strip()
     metadata = parse_metadata(raw_metadata)
-    key = object_key_for(settings.key_template, upload_id, metadata_text(metadata, "filename"))
+    if key is None:
+        key = object_key_for(settings.key_template, upload_id, metadata_text(metadata, "filename"))
     content_type = content_type_for(metadata_text(metadata, "filetype"), key)
     return _NewUpload(length, raw_metadata, key, content_type)
 
@@ -177,8 +182,9 @@ def _check_chunk_size(request: web.Request, room: int | None) -> None:
 
 async def create(request: web.Request) -> web.Response:
     settings = request.app[TUS]
-    upload_id = uuid4().hex
-    new = _new_upload(request, upload_id)
+    creation = upload_creation(request)
+    upload_id = creation.upload_id
+    new = _new_upload(request, upload_id, creation.key)
     now = time.time()
     state = await request.app[UPLOADS].create(
         UploadState(
@@ -189,12 +195,16 @@ async def create(request: web.Request) -> web.Response:
             metadata=new.metadata,
             created=now,
             expires=now + settings.expiration,
+            owner=creation.owner,
         )
     )
     if request.body_exists or state.complete:
         # creation-with-upload; an empty upload is complete at once.
         state = await _write(request, upload_id, offset=0)
-    headers = {"Location": upload_location(BASE, upload_id), **_state_headers(state)}
+    # A signed URL's upload is reached through that URL: its Location carries it.
+    path_prefix, query = url_credential(request)
+    location = path_prefix + upload_location(BASE, upload_id) + query
+    headers = {"Location": location, **_state_headers(state)}
     return web.Response(status=201, headers=headers)
 
 

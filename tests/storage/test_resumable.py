@@ -440,3 +440,12 @@ async def test_advanced_mid_body() -> None:
     assert body.advanced(state).offset == 4
     assert [chunk async for chunk in iterator] == [b"ef"]
     assert body.advanced(state).offset == 6
+
+
+def test_owner_round_trips_and_old_states_load_without_one() -> None:
+    owned = make_state(owner="token:uploader")
+    assert UploadState.from_json(owned.to_json()) == owned
+    # A state stored before uploads had owners has no "owner" field: it loads as None.
+    record = json.loads(make_state().to_json())
+    del record["owner"]
+    assert UploadState.from_json(json.dumps(record).encode()).owner is None

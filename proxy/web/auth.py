@@ -1,0 +1,341 @@
+"""Access control: the one check every request passes before its handler runs, and
+before its client is told to send a body (admission.py calls ``authorize``).
+
+Who is asking: a signed URL (``/s/<token>/...`` or ``?sig=<token>``), else a bearer
+token (``Authorization: Bearer <secret>``), else nobody (the anonymous grants). What
+they ask for: each route declares its resource (``guard``, from routes.py), and the
+method picks the action and the key or prefix it needs (proxy/rules/grants.py):
+
+- an object: GET/HEAD ``read``, PUT ``write``, DELETE ``delete`` on its key;
+- a folder: POST ``write`` on every key under its prefix; the listing: ``list``;
+- tus: a creation needs ``write`` on the key the upload will have, fixed here from its
+  metadata before any byte is stored; HEAD, PATCH and DELETE of an upload need
+  ``write`` (``delete`` for DELETE) on the upload's key, and the caller must be the
+  identity that created it (recorded as the upload's owner). A POST with
+  X-HTTP-Method-Override is checked as the method it stands for. OPTIONS is free.
+
+Refusals: no credentials that cover the request, 401 with ``WWW-Authenticate``;
+credentials without the grant, 403 ``forbidden``; a signature that is forged, for
+another key, or expired, 403 ``bad_signature`` / ``signature_expired``. The check runs
+before anything is read from storage (but an upload's state, by its unguessable id,
+for a caller that may write somewhere), so a caller without ``read`` learns nothing of
+what exists. Without an ``[auth]`` section nothing is checked but signatures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from uuid import uuid4
+
+from aiohttp import web
+
+from proxy.config import Config
+from proxy.rules.content_types import content_type_for, essence
+from proxy.rules.grants import (
+    Action,
+    Grant,
+    allows,
+    allows_all_under,
+    allows_any,
+    parse_grant,
+    visible_prefixes,
+)
+from proxy.rules.keys import validate_key
+from proxy.rules.signatures import QUERY_PARAMETER, SIGNED_PATH, SignedGrant, Verdict, verify
+from proxy.rules.tokens import TokenTable
+from proxy.rules.tus import TUS_VERSION, metadata_text, object_key_for, parse_metadata, parse_uint
+from proxy.storage.resumable import UPLOAD_ID
+from proxy.web.errors import ApiError, to_api_error
+from proxy.web.settings import TUS, UPLOADS
+
+# Where a signature goes in the path: routes.py serves every route under it too.
+SIGNED_BASE = SIGNED_PATH + "{signature}"
+REALM = 'Bearer realm="stream-proxy"'
+# What anyone may do on an open server (no [auth] section, or auth.open).
+_EVERYTHING = (Grant(frozenset(Action), ""),)
+
+
+class Resource(Enum):
+    OBJECT = "object"  # /files/{key}
+    FILES = "files"  # /files, /files/, /files/{prefix}/: GET lists, POST stores parts
+    UPLOADS = "uploads"  # /uploads: tus creation
+    UPLOAD = "upload"  # /uploads/{upload_id}
+
+
+RESOURCES: web.AppKey[dict[web.AbstractResource, Resource]] = web.AppKey("resources", dict)
+
+
+def guard(app: web.Application, resource: web.AbstractResource, kind: Resource) -> None:
+    """Declare what ``resource`` is, so that its requests are checked as such. A
+    route with no declaration is refused to everyone while access control is on."""
+    app.setdefault(RESOURCES, {})[resource] = kind
+
+
+@dataclass(frozen=True)
+class Token:
+    name: str
+    grants: tuple[Grant, ...]
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    configured: bool  # an [auth] section exists
+    open: bool  # anyone may do anything
+    anonymous: tuple[Grant, ...]
+    tokens: TokenTable[Token]
+    signing_keys: Mapping[str, bytes]
+    clock_skew: float
+
+    @classmethod
+    def of(cls, config: Config) -> AuthSettings:
+        auth = config.auth
+        if auth is None:
+            return cls(False, True, _EVERYTHING, TokenTable([]), {}, 0.0)
+        # Open: anyone may do anything, and tokens (still told apart in the log) too.
+        anonymous = _EVERYTHING if auth.open else tuple(parse_grant(g) for g in auth.anonymous)
+        tokens = TokenTable(
+            (t.sha256, Token(t.name, tuple(parse_grant(g) for g in t.grants) + anonymous))
+            for t in auth.tokens
+        )
+        keys = {key_id: k.secret.encode("utf-8") for key_id, k in auth.signing_keys.items()}
+        return cls(True, auth.open, anonymous, tokens, keys, auth.clock_skew)
+
+
+AUTH: web.AppKey[AuthSettings] = web.AppKey("auth", AuthSettings)
+
+
+def install(app: web.Application, config: Config) -> None:
+    app[AUTH] = AuthSettings.of(config)
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str  # what the log says: never a secret
+    owner: str | None  # what an upload it creates records as its owner
+    grants: tuple[Grant, ...]
+    signature: SignedGrant | None = None
+    anonymous: bool = False
+
+    def may(self, action: Action, key: str) -> bool:
+        signed = self.signature
+        if signed is not None and signed.action == action and signed.covers(key):
+            return True
+        return allows(self.grants, action, key)
+
+    def may_all_under(self, action: Action, prefix: str) -> bool:
+        signed = self.signature
+        if signed is not None and signed.action == action and signed.covers_all_under(prefix):
+            return True
+        return allows_all_under(self.grants, action, prefix)
+
+    def may_somewhere(self, action: Action) -> bool:
+        return (self.signature is not None and self.signature.action == action) or allows_any(
+            self.grants, action
+        )
+
+
+@dataclass(frozen=True)
+class Creation:
+    """A tus creation as checked: the id the upload gets, its key when the check
+    fixes it (a signature for one key names the key), and its owner."""
+
+    upload_id: str
+    key: str | None
+    owner: str | None
+
+
+_WHO = web.RequestKey("caller", str)
+_CREATION = web.RequestKey("creation", Creation)
+_LISTABLE = web.RequestKey("listable", tuple)
+_CHECKED = web.RequestKey("authorized", bool)
+
+
+def caller(request: web.BaseRequest) -> str:
+    """Who made the request, for the log: a token's name, a signing key's id,
+    ``anonymous``, or ``-`` before (or without) the check."""
+    who: str = request.get(_WHO, "-")
+    return who
+
+
+def upload_creation(request: web.Request) -> Creation:
+    return request.get(_CREATION) or Creation(uuid4().hex, None, None)
+
+
+def listing_prefixes(request: web.Request) -> tuple[str, ...] | None:
+    """The prefixes a listing may show keys under (in key order), or None for all."""
+    return request.get(_LISTABLE)
+
+
+def url_credential(request: web.Request) -> tuple[str, str]:
+    """The signature of the request's URL as a path prefix or a query, for URLs the
+    answer hands out (a tus upload's Location), so that they carry it too."""
+    if "signature" in request.match_info:
+        return SIGNED_PATH + request.match_info["signature"], ""
+    if QUERY_PARAMETER in request.query:
+        return "", f"?{QUERY_PARAMETER}={request.query[QUERY_PARAMETER]}"
+    return "", ""
+
+
+async def authorize(request: web.Request) -> None:
+    """Refuse ``request`` (an ApiError) unless its caller may make it. Runs once."""
+    if request.get(_CHECKED):
+        return
+    settings = request.app[AUTH]
+    route = request.match_info.route
+    kind = request.app.get(RESOURCES, {}).get(route.resource) if route.resource is not None else None
+    try:
+        identity = _identify(request, settings)
+        request[_WHO] = identity.name
+        if kind is None:
+            if route.resource is not None and settings.configured:
+                raise ApiError(403, "forbidden", "this route is open to no one")
+        elif request.method == "OPTIONS":
+            pass  # tus discovery, open to all; CORS preflights are cors.py's
+        elif settings.open and identity.signature is None:
+            # Anyone may do anything: nothing to look up, and no upload has an owner to check.
+            if kind is Resource.UPLOADS:
+                request[_CREATION] = Creation(uuid4().hex, None, identity.owner)
+        else:
+            await _check(request, kind, identity, open_=settings.open)
+    except Exception as exc:
+        api = to_api_error(exc)
+        if api is None:
+            raise
+        if kind in (Resource.UPLOADS, Resource.UPLOAD):
+            api.headers["Tus-Resumable"] = TUS_VERSION  # as the tus handler's own answers
+        raise api from exc
+    request[_CHECKED] = True
+
+
+def _identify(request: web.Request, settings: AuthSettings) -> Identity:
+    token = request.match_info.get("signature") or request.query.get(QUERY_PARAMETER)
+    if token is not None:
+        checked = verify(token, settings.signing_keys, now=time.time(), skew=settings.clock_skew)
+        if checked.grant is None or checked.verdict is Verdict.BAD:
+            request[_WHO] = "bad signature"
+            raise ApiError(403, "bad_signature", "the URL's signature is not valid")
+        name = f"key {checked.grant.key_id}"
+        if checked.verdict is Verdict.EXPIRED:
+            request[_WHO] = f"{name} (expired)"
+            raise ApiError(403, "signature_expired", "the URL's signature has expired")
+        # An upload made through a signed URL belongs to that URL alone.
+        owner = "signature:" + hashlib.sha256(token.encode()).hexdigest()[:32]
+        return Identity(name, owner, settings.anonymous, checked.grant)
+    if not settings.configured:
+        return Identity("-", None, settings.anonymous)
+    header = request.headers.get("Authorization", "")
+    scheme, _, secret = header.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        token_of = settings.tokens.find(secret.strip())
+        if token_of is None:
+            request[_WHO] = "unknown token"
+            raise ApiError(
+                401,
+                "invalid_token",
+                "the bearer token is not valid",
+                headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
+            )
+        return Identity(f"token {token_of.name}", f"token:{token_of.name}", token_of.grants)
+    return Identity("anonymous", None if settings.open else "anonymous", settings.anonymous, anonymous=True)
+
+
+async def _check(request: web.Request, kind: Resource, who: Identity, *, open_: bool) -> None:
+    method = request.method
+    if kind is Resource.OBJECT:
+        key = request.match_info["key"]
+        action = {"PUT": Action.WRITE, "DELETE": Action.DELETE}.get(method, Action.READ)
+        _require(who.may(action, key), who, action, key)
+        if action is Action.WRITE:
+            _within_limits(who.signature, request.content_length, request.headers.get("Content-Type"), key)
+    elif kind is Resource.FILES and method in ("GET", "HEAD"):
+        listable = visible_prefixes(who.grants, request.query.get("prefix", ""))
+        _require(listable != (), who, Action.LIST, None)
+        if listable is not None:
+            request[_LISTABLE] = listable
+    elif kind is Resource.FILES:
+        prefix = request.match_info.get("prefix", "")
+        _require(who.may_all_under(Action.WRITE, prefix), who, Action.WRITE, None)
+        if who.signature is not None and who.signature.content_type is not None:
+            # Each part's type is known only as the body is read: too late to refuse it.
+            raise ApiError(403, "forbidden", "this URL allows one content type: upload with PUT or tus")
+        _within_limits(who.signature, request.content_length, None, None)
+    elif kind is Resource.UPLOADS:
+        request[_CREATION] = _creation(request, who)
+    else:
+        await _check_upload(request, who, open_=open_)
+
+
+def _require(allowed: bool, who: Identity, action: Action, key: str | None) -> None:
+    if allowed:
+        return
+    if who.anonymous:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "this request needs credentials: a bearer token or a signed URL",
+            headers={"WWW-Authenticate": REALM},
+        )
+    signed = who.signature
+    if signed is not None and (key is None or not signed.covers(key)) and signed.action == action:
+        raise ApiError(403, "bad_signature", "the URL's signature is not for this key")
+    raise ApiError(403, "forbidden", f"these credentials do not allow {action.value} here")
+
+
+def _within_limits(
+    signed: SignedGrant | None, length: int | None, declared: str | None, key: str | None
+) -> None:
+    """The limits a signed upload URL sets: an announced size within ``max_size`` (the
+    body cannot then go past it), and the content type the object will be stored with."""
+    if signed is None or signed.action is not Action.WRITE:
+        return
+    if signed.max_size is not None:
+        if length is None:
+            raise ApiError(411, "length_required", "this URL needs the upload's size announced")
+        if length > signed.max_size:
+            raise ApiError(413, "too_large", f"this URL allows at most {signed.max_size} bytes")
+    if signed.content_type is not None and key is not None:
+        stored = essence(content_type_for(declared, key))
+        if stored != essence(signed.content_type):
+            raise ApiError(403, "forbidden", f"this URL allows only {signed.content_type} uploads")
+
+
+def _creation(request: web.Request, who: Identity) -> Creation:
+    """A tus creation: the upload's id and key chosen now, so that the key is checked
+    before the upload exists."""
+    upload_id = uuid4().hex
+    signed = who.signature
+    if signed is None and allows_all_under(who.grants, Action.WRITE, ""):
+        return Creation(upload_id, None, who.owner)  # any key will do: the handler derives it
+    _require(who.may_somewhere(Action.WRITE), who, Action.WRITE, None)
+    raw_metadata = request.headers.get("Upload-Metadata", "")
+    metadata = parse_metadata(raw_metadata)
+    fixed: str | None = None
+    if signed is not None and signed.action is Action.WRITE and not signed.prefix:
+        # A URL signed for one key names the object: the template could not hit it.
+        key = fixed = validate_key(signed.target)
+    else:
+        key = object_key_for(request.app[TUS].key_template, upload_id, metadata_text(metadata, "filename"))
+    _require(who.may(Action.WRITE, key), who, Action.WRITE, key)
+    length = parse_uint(request.headers.get("Upload-Length"), "Upload-Length")
+    _within_limits(signed, length, metadata_text(metadata, "filetype"), key)
+    return Creation(upload_id, fixed, who.owner)
+
+
+async def _check_upload(request: web.Request, who: Identity, *, open_: bool) -> None:
+    method = request.method
+    if method == "POST":
+        method = request.headers.get("X-HTTP-Method-Override", "").upper()
+    # An override the handler does not know is refused there; it is checked as a write.
+    action = Action.DELETE if method == "DELETE" else Action.WRITE
+    _require(who.may_somewhere(action), who, action, None)
+    upload_id = request.match_info["upload_id"]
+    if not UPLOAD_ID.fullmatch(upload_id):
+        return  # the handler answers 404 without looking
+    state = await request.app[UPLOADS].get(upload_id)  # none: 404, as the handler would say
+    _require(who.may(action, state.key), who, action, state.key)
+    if not open_ and state.owner is not None and state.owner != who.owner:
+        raise ApiError(403, "forbidden", "this upload was created by someone else")
