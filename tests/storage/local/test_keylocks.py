@@ -18,7 +18,6 @@ import os
 import random
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import pytest
 
@@ -46,14 +45,6 @@ GRACE = 0.5
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[LocalStorage]:
-    store = LocalStorage(tmp_path / "root")
-    await store.start()
-    yield store
-    await store.close()
 
 
 @contextlib.asynccontextmanager

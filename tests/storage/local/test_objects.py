@@ -17,14 +17,6 @@ from proxy.storage.local.objects import LocalStorage
 from tests.conftest import LocalView, agen
 
 
-@pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[LocalStorage]:
-    store = LocalStorage(tmp_path / "root")
-    await store.start()
-    yield store
-    await store.close()
-
-
 async def test_object_appears_only_when_complete(storage: LocalStorage) -> None:
     gate = asyncio.Event()
 
