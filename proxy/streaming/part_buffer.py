@@ -42,16 +42,18 @@ from proxy.streaming.budget import MemoryBudget
 Bytes = bytes | bytearray | memoryview
 
 BLOCK = 1024 * 1024
-# What one write to S3's socket may take: what the transport copies at most when the
-# socket is full, per part in flight.
+# What one write to S3's socket may take: per part in flight, what the transport
+# copies at most when the socket is full, and what a spilled part reads per trip to
+# a worker thread. In bench/memory.py, 256 KiB pieces took 15% less CPU but 25 to
+# 30 MiB more RSS at the peak.
 PIECE = 64 * 1024
 # The fixed cost of a part on its way besides its bytes, charged while the buffer
 # holds any: for the part being filled, the client's request and connection buffers;
-# for one being sent, its S3 request, connection and piece in flight. Measured with
-# the benchmark's 100 concurrent uploads (bench/memory.py): about 190 KiB per such
-# part above the buffered bytes, 0.3 to 0.5 MiB per upload. Charging most of it keeps
-# RSS near the budget; the rest is within the benchmark's slack.
-PART_OVERHEAD = 128 * 1024
+# for one being sent, its S3 request and connection, and the piece in flight. In
+# bench/memory.py's 100 concurrent uploads, RSS beyond the buffered bytes and the
+# idle process came to about 225 KiB per such part (200 of them at the peak); each
+# 64 KiB less charged let the peak grow by 5 to 9 MiB.
+PART_OVERHEAD = 192 * 1024
 # Reads of a spilled part, for its MD5.
 _FILE_READ = 1024 * 1024
 
@@ -224,9 +226,12 @@ class _FileBody(PartBody):
         return os.pread(self._file.fileno(), n, offset)
 
     async def _piece_at(self, offset: int, n: int) -> memoryview:
-        # The piece is allocated here, on the event loop's thread: buffers allocated
-        # in worker threads come from malloc arenas of their own, which hold on to
-        # memory once freed.
+        # One piece per trip to a worker thread: every part in flight holds the piece
+        # it is sending, so reading further ahead costs memory by the hundreds of
+        # parts (256 KiB ahead: 30 MiB more RSS in bench/memory.py's runs). It is
+        # allocated here, on the event loop's thread: buffers allocated in worker
+        # threads come from malloc arenas of their own, which hold on to memory once
+        # freed.
         piece = bytearray(n)
         got = await asyncio.to_thread(os.preadv, self._file.fileno(), [piece], offset)
         return memoryview(piece)[:got]
