@@ -44,8 +44,9 @@ Bytes = bytes | bytearray | memoryview
 BLOCK = 1024 * 1024
 # What one write to S3's socket may take: per part in flight, what the transport
 # copies at most when the socket is full, and what a spilled part reads per trip to
-# a worker thread. In bench/memory.py, 256 KiB pieces took 15% less CPU but 25 to
-# 30 MiB more RSS at the peak.
+# a worker thread. In bench/memory.py, larger pieces cost less CPU and more memory:
+# 128 KiB, 10 to 20 MiB more at the peak (a few MiB under the target of 356 MiB at
+# the 256 MiB budget) for 20 to 40% more throughput; 256 KiB, 25 to 30 MiB more.
 PIECE = 64 * 1024
 # The fixed cost of a part on its way besides its bytes, charged while the buffer
 # holds any: for the part being filled, the client's request and connection buffers;
