@@ -59,7 +59,7 @@ async def publish(
         else:
             etag = await _copy_in_ranges(target, size, sha256, writers, max_concurrency, copy_limit)
     except UpstreamError:
-        published = await _published_etag(target, size, sha256)
+        published = await published_etag(target, size, sha256)
         if published is None:
             raise
         log.info("%s: the copy's answer was lost, but it published the object", target.key)
@@ -126,25 +126,25 @@ async def _copy_in_ranges(
         etags = dict(await asyncio.gather(*copies))
         etag = await direct.complete(upload_id, etags)
     except BaseException:
-        await _abort_copy(direct, upload_id, writers)
+        await abort_recorded(direct, upload_id, writers)
         raise
     await writers.ended(upload_id)
     return etag
 
 
-async def _abort_copy(direct: UploadTarget, upload_id: str, writers: Writers) -> None:
-    """Abort a failed multipart copy. Never raises, as the copy's own failure is on
-    its way up; an upload that could not be aborted keeps its record, so that it is
-    aborted once this process has ended."""
+async def abort_recorded(target: UploadTarget, upload_id: str, writers: Writers) -> None:
+    """Abort a failed multipart upload and drop its record. Never raises, as the
+    upload's own failure is on its way up; an upload that could not be aborted keeps
+    its record, so that it is aborted once this process has ended."""
     try:
-        await direct.abort(upload_id)
-    except StorageError as exc:
-        log.warning("could not abort the multipart copy %s to %s: %s", upload_id, direct.key, exc)
+        await target.abort(upload_id)
+    except Exception:
+        log.exception("could not abort multipart upload %s of %s", upload_id, target.key)
     else:
         await writers.ended(upload_id)
 
 
-async def _published_etag(target: UploadTarget, size: int, sha256: str) -> str | None:
+async def published_etag(target: UploadTarget, size: int, sha256: str) -> str | None:
     """The ETag of the object at the key if it is this upload's: its size and the
     hash it carries are this upload's (a lost answer, or an earlier attempt that
     got that far). Another writer's copy of the very same bytes counts too: it is

@@ -12,7 +12,6 @@ bucket and the key holds what it held before.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -24,14 +23,12 @@ from proxy.storage.s3.limits import (
     part_size_for_unknown_size,
 )
 from proxy.storage.s3.multipart import PartSender, UploadTarget
-from proxy.storage.s3.publish import publish, remove_staged
+from proxy.storage.s3.publish import abort_recorded, publish, remove_staged
 from proxy.storage.s3.writers import Writers
 from proxy.streaming.bodies import HashingReader
 from proxy.streaming.budget import MemoryBudget
 from proxy.streaming.cleanups import Cleanups
 from proxy.streaming.part_buffer import PartBuffer
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -116,7 +113,7 @@ class S3Upload:
                 max_concurrency=self._settings.max_concurrency,
             )
         except BaseException:
-            await self._abort_upload(upload_id)  # a completed one counts as aborted
+            await abort_recorded(self._target, upload_id, self._writers)  # a completed one counts as aborted
             await remove_staged(self._target)
             raise
 
@@ -140,14 +137,4 @@ class S3Upload:
         if self._sender is not None:
             await self._sender.cancel()
         if self._upload_id is not None:
-            await self._abort_upload(self._upload_id)
-
-    async def _abort_upload(self, upload_id: str) -> None:
-        try:
-            await self._target.abort(upload_id)
-        except Exception:
-            # Logged, not raised: another error is already on its way up. The record
-            # stays, so the upload is aborted once this process has ended.
-            log.exception("could not abort multipart upload %s of %s", upload_id, self._target.key)
-        else:
-            await self._writers.ended(upload_id)
+            await abort_recorded(self._target, self._upload_id, self._writers)

@@ -7,7 +7,7 @@ once), publishes it to its key with its hash (s3.publish: a copy, then the stagi
 object is removed) and then saves the state as done. If it stops in between (a
 crash, a lost answer), the multipart upload is gone and the next finish fails on
 it; that finish then recognises what the earlier one made (assembled_before,
-published_before) and takes the work up where it stopped.
+published_etag) and takes the work up where it stopped.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import logging
 from dataclasses import replace
 from datetime import datetime
 
-from proxy.storage.base import ObjectInfo, ObjectNotFound, UpstreamError
+from proxy.storage.base import ObjectInfo, UpstreamError
 from proxy.storage.resumable import UploadState
 from proxy.storage.s3.multipart import UploadTarget, multipart_etag
 from proxy.storage.s3.objects import S3Storage
-from proxy.storage.s3.publish import publish
+from proxy.storage.s3.publish import publish, published_etag
 from proxy.storage.s3.resumable.lease import Lease
 from proxy.storage.s3.resumable.plan import PartLayout
 from proxy.storage.s3.resumable.records import UploadRecords
@@ -60,8 +60,9 @@ async def finish_upload(
                     etags.update(sender.etags)
                 await target.complete(parts.upload_id, etags)
             except UpstreamError:
-                published = await published_before(storage, state, sha256)
+                published = await published_etag(target, state.offset, sha256)
                 if published is not None:
+                    log.info("upload %s: an earlier finish published it already", state.id)
                     return await _done(state, parts, lease, records, storage, published, sha256)
                 if not await assembled_before(storage, target, state, parts, records):
                     raise
@@ -99,20 +100,6 @@ async def _done(
         content_type=state.content_type,
         sha256=sha256,
     )
-
-
-async def published_before(storage: S3Storage, state: UploadState, sha256: str) -> str | None:
-    """The object's ETag if an earlier finish of this upload already published it
-    and then stopped before saving done: the key holds this upload's size and hash
-    (which only a copy of this upload's bytes carries)."""
-    try:
-        info = await storage.stat(state.key)
-    except ObjectNotFound:
-        return None
-    if info.size != state.offset or info.sha256 != sha256:
-        return None
-    log.info("upload %s: an earlier finish published it already", state.id)
-    return info.etag
 
 
 async def assembled_before(
