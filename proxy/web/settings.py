@@ -43,6 +43,14 @@ class TusSettings:
     max_size: int  # 0: no limit of our own
 
 
+@dataclass
+class Lifecycle:
+    """What the process is going through: set by the server around the application
+    (a SIGTERM starts draining), read by the readiness check."""
+
+    draining: bool = False
+
+
 BACKEND: web.AppKey[Backend] = web.AppKey("backend", Backend)
 STORAGE: web.AppKey[Storage] = web.AppKey("storage", Storage)
 UPLOADS: web.AppKey[ResumableStore] = web.AppKey("uploads", ResumableStore)
@@ -53,11 +61,13 @@ DOWNLOADS: web.AppKey[DownloadSettings] = web.AppKey("downloads", DownloadSettin
 TUS: web.AppKey[TusSettings] = web.AppKey("tus", TusSettings)
 SWEEP_INTERVAL: web.AppKey[float] = web.AppKey("sweep_interval", float)
 ALLOWED_ORIGINS: web.AppKey[tuple[str, ...]] = web.AppKey("allowed_origins", tuple)
+LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle", Lifecycle)
 
 
 def install(app: web.Application, config: Config, backend: Backend) -> None:
     """Put the backend and every setting the handlers read on ``app``."""
     app[BACKEND] = backend
+    app[LIFECYCLE] = Lifecycle()
     app[STORAGE] = backend.objects
     app[UPLOADS] = backend.uploads
     app[MAX_UPLOAD] = config.server.max_upload_bytes
