@@ -2,7 +2,8 @@
 
 ``python -m bench`` starts (or reuses) the real S3 server from ../shared/s3, starts
 the proxy as separate processes, runs every measurement in
-:data:`bench.measurements.MEASUREMENTS` and prints one table of the results.
+:data:`bench.run.ALL` (those of :mod:`bench.measurements`, then ``auth_cost`` of
+:mod:`bench.auth`, ...) and prints one table of the results.
 
 Environment:
 

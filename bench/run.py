@@ -7,19 +7,25 @@ import sys
 import time
 from pathlib import Path
 
+from bench.auth import auth_cost
 from bench.measurements import MEASUREMENTS, BenchContext, Measurement
 from bench.payload import Payload
 from bench.report import Row, error_row, render
 from bench.servers import empty_bucket, fresh_bucket, log, real_s3, temp_workdir
 from bench.settings import BenchError, MiB, Settings
 from bench.upload import http_session
+from bench.workers import s3_workers
+
+# Every measurement, in the order run: those of measurements.py, then the modules' own.
+ALL: dict[str, Measurement] = {**MEASUREMENTS, "auth_cost": auth_cost}
+ALL["s3_workers"] = s3_workers
 
 
 def selected(settings: Settings) -> dict[str, Measurement]:
-    unknown = settings.only - set(MEASUREMENTS)
+    unknown = settings.only - set(ALL)
     if unknown:
-        raise BenchError(f"BENCH_ONLY: unknown measurement(s) {sorted(unknown)}; known: {list(MEASUREMENTS)}")
-    return {n: m for n, m in MEASUREMENTS.items() if not settings.only or n in settings.only}
+        raise BenchError(f"BENCH_ONLY: unknown measurement(s) {sorted(unknown)}; known: {list(ALL)}")
+    return {n: m for n, m in ALL.items() if not settings.only or n in settings.only}
 
 
 async def run(settings: Settings, measurements: dict[str, Measurement]) -> tuple[list[Row], str]:

@@ -343,12 +343,14 @@ async def run_proxy(
     workdir: Path,
     storage: Mapping[str, Mapping[str, object]],
     s3: S3Endpoint | None = None,
+    extra_toml: str = "",
 ) -> AsyncIterator[ProxyProcess]:
-    """``python -m proxy serve`` on a free port with a generated config; stopped after."""
+    """``python -m proxy serve`` on a free port with a generated config (``extra_toml``
+    appended: tables toml_text cannot write, such as [[auth.tokens]]); stopped after."""
     port = free_port()
     config_path = workdir / f"proxy-{name}.toml"
     tables = {"server": {"host": HOST, "port": port, "shutdown_timeout": 5}, **storage}
-    config_path.write_text(toml_text(tables))
+    config_path.write_text(toml_text(tables) + extra_toml)
     # Only the generated file configures the proxy: drop overrides from our environment.
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_PROXY_")}
     if s3 is not None:

@@ -13,7 +13,7 @@ from proxy.config import Config
 from proxy.storage import local, s3
 from proxy.storage.backend import Backend
 from proxy.storage.expiry import sweep_forever
-from proxy.web import auth, cors, settings
+from proxy.web import auth, cors, forwarded, health, metrics, settings
 from proxy.web.admission import admission_middleware
 from proxy.web.common_headers import add_common_headers
 from proxy.web.errors import error_middleware
@@ -25,16 +25,26 @@ BACKENDS: dict[str, Callable[[Config], Backend]] = {"local": local.build, "s3": 
 def create_app(config: Config, backend: Backend | None = None) -> web.Application:
     """The application for ``config``; ``backend`` replaces the one it names."""
     # CORS preflights are answered before admission, whose checks (access control
-    # among them) they carry no credentials for.
-    middlewares = [error_middleware, cors.cors_middleware, admission_middleware]
+    # among them) they carry no credentials for. Behind a trusted proxy, all of them
+    # see the client's address, scheme and host (forwarded.py).
+    middlewares = [
+        metrics.metrics_middleware,  # first: it counts every request in flight
+        forwarded.forwarded_middleware,
+        error_middleware,
+        cors.cors_middleware,
+        admission_middleware,
+    ]
     app = web.Application(middlewares=middlewares, client_max_size=1024**2)
     settings.install(app, config, backend or BACKENDS[config.storage.backend](config))
     auth.install(app, config)
     cors.install(app, config)
+    forwarded.install(app, config)
+    metrics.install(app)
+    health.install(app)
     app.on_response_prepare.append(add_common_headers)
     app.on_response_prepare.append(cors.add_cors_headers)
     app.cleanup_ctx.append(_backend_lifecycle)
-    add_routes(app)
+    add_routes(app, serve_metrics=config.server.metrics)
     return app
 
 

@@ -1,5 +1,7 @@
-"""Command line: ``stream-proxy serve [--config PATH] [--host H] [--port P]``, and
-the access control helpers: ``token new``, ``signing-key new`` and ``sign``.
+"""Command line: ``stream-proxy serve [--config PATH] [--host H] [--port P]
+[--workers N]``, and the access control helpers: ``token new``, ``signing-key new``
+and ``sign``. Serving itself (one process or several, and the drain) is in
+proxy/serving/.
 
 Whatever a user can get wrong at start (a bad setting, a port in use, a storage root
 that cannot be made, no access control on a public address) is one line on stderr
@@ -10,39 +12,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import ipaddress
 import json
-import logging
 import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
-from proxy.app import create_app
-from proxy.config import Config, ConfigError, load_config, parse_size
+from proxy import logs
+from proxy.config import ConfigError, load_config
+from proxy.config_tables import parse_size
 from proxy.rules.content_types import InvalidContentType, validate_media_type
 from proxy.rules.grants import Action, InvalidGrant, parse_grant
 from proxy.rules.keys import InvalidKey, validate_key, validate_list_prefix
 from proxy.rules.signatures import SignedGrant, is_key_id, new_signing_secret, signed_url
 from proxy.rules.tokens import hash_secret, is_token_name, new_secret
-from proxy.web import descriptors
-from proxy.web.access_log import AccessLogger
-from proxy.web.server import ProxyRunner
-from proxy.web.settings import ConnectionSettings
+from proxy.serving import StartError, process, workers
 
 NO_AUTH = (
     "refusing to serve on {host} with no access control: add an [auth] section with tokens "
     "(`stream-proxy token new NAME --grant read,list:` prints one), or set auth.open = true "
     "to let anyone read and write"
 )
-
-
-class StartError(Exception):
-    """The server cannot start for a reason the user can mend; str() says how."""
 
 
 class UsageError(Exception):
@@ -56,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", type=Path, default=None, help="TOML config file")
     serve.add_argument("--host", default=None, help="overrides server.host")
     serve.add_argument("--port", type=int, default=None, help="overrides server.port")
+    serve.add_argument("--workers", type=int, default=None, help="overrides server.workers")
+    # A child of `serve --workers N` (proxy/serving/workers.py), given its parent's pid.
+    serve.add_argument("--worker-of", type=int, default=None, help=argparse.SUPPRESS)
     _add_auth_commands(commands)
     args = parser.parse_args(argv)
     try:
@@ -66,21 +61,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sign":
             return _sign(args)
         config = load_config(args.config)
+        if args.workers is not None and args.workers < 1:
+            raise UsageError(f"--workers: at least 1, got {args.workers}")
     except (ConfigError, UsageError) as exc:
         print(f"stream-proxy: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(config.log)
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
+    count = config.server.workers if args.workers is None else args.workers
     try:
         if config.auth is None and not _is_loopback(host):
             raise StartError(NO_AUTH.format(host=host or "every address"))
-        asyncio.run(_serve(config, host, port))
+        if args.worker_of is not None:
+            asyncio.run(process.serve(config, host, port, reuse_port=True, parent=args.worker_of))
+        elif count > 1:
+            return asyncio.run(workers.supervise(args.config, host, port, count))
+        else:
+            asyncio.run(process.serve(config, host, port))
     except StartError as exc:
         print(f"stream-proxy: {exc}", file=sys.stderr)
         return 2
-    except (web.GracefulExit, KeyboardInterrupt):
-        pass
+    except KeyboardInterrupt:
+        pass  # before the signal handlers were set
     return 0
 
 
@@ -118,7 +121,11 @@ def _add_auth_commands(commands: Any) -> None:  # argparse's subparsers action
     target.add_argument("--key", help="one object key")
     target.add_argument("--prefix", help="every key starting with this (e.g. hls/movie/)")
     sign.add_argument("--expires", type=int, required=True, help="seconds from now")
-    sign.add_argument("--base", default=None, help="the server's URL (default: server.host and port)")
+    sign.add_argument(
+        "--base",
+        default=None,
+        help="the URL clients reach the server at, behind nginx nginx's (default: server.host and port)",
+    )
     sign.add_argument("--max-size", default=None, help="write: the most bytes an upload may have")
     sign.add_argument("--content-type", default=None, help="write: the only media type allowed")
     sign.add_argument("--query", action="store_true", help="put the signature in ?sig= (default: the path)")
@@ -174,63 +181,10 @@ def _sign(args: argparse.Namespace) -> int:
         max_size=max_size,
         content_type=content_type,
     )
+    if args.base is None and config.server.trusted_proxies:
+        # Behind a proxy, server.host:port is where the proxy reaches this server, not
+        # where clients do. (The signature does not cover the base: any base works.)
+        print("stream-proxy: server.trusted_proxies is set: give --base the proxy's URL", file=sys.stderr)
     base = args.base or f"http://{config.server.host}:{config.server.port}"
     print(signed_url(base, grant, keys[args.key_id].secret.encode("utf-8"), in_query=args.query))
     return 0
-
-
-async def _serve(config: Config, host: str, port: int) -> None:
-    _prepare_descriptors(config)
-    asyncio.get_running_loop().set_exception_handler(descriptors.loop_exception_handler)
-    runner = ProxyRunner(
-        create_app(config),
-        connections=ConnectionSettings.of(config),
-        handle_signals=True,
-        access_log_class=AccessLogger,
-        shutdown_timeout=config.server.shutdown_timeout,
-    )
-    try:
-        try:
-            await runner.setup()  # starts the storage backend
-        except OSError as exc:
-            raise StartError(_storage_problem(exc)) from None
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except OSError as exc:
-            raise StartError(_listen_problem(exc, host, port)) from None
-        logging.getLogger(__name__).info("serving on http://%s:%d", host, port)
-        await asyncio.Event().wait()  # until a signal ends the loop (GracefulExit)
-    finally:
-        await runner.cleanup()
-
-
-def _prepare_descriptors(config: Config) -> None:
-    limit = descriptors.raise_descriptor_limit()
-    wanted = config.server.max_connections
-    if limit is not None and (not wanted or wanted >= limit):
-        # Not fatal: past the limit requests are answered 503 until clients leave.
-        logging.getLogger(__name__).warning(
-            "server.max_connections (%s) is not below the descriptor limit (ulimit -n: %d), which "
-            "connections, files and S3 connections share: past it requests get 503 server_busy",
-            wanted or "no limit",
-            limit,
-        )
-
-
-def _listen_problem(exc: OSError, host: str, port: int) -> str:
-    change = "set server.host/server.port (STREAM_PROXY_SERVER_HOST/_PORT) or --host/--port"
-    if exc.errno == errno.EADDRINUSE:
-        return f"cannot listen on {host}:{port}: the address is in use; {change}"
-    if exc.errno == errno.EACCES:
-        return (
-            f"cannot listen on {host}:{port}: permission denied (ports below 1024 need privileges); {change}"
-        )
-    return f"cannot listen on {host}:{port}: {exc.strerror or exc}; {change}"
-
-
-def _storage_problem(exc: OSError) -> str:
-    where = f" ({exc.filename})" if exc.filename else ""
-    return (
-        f"cannot prepare the storage{where}: {exc.strerror or exc}; "
-        "check storage.local.root (STREAM_PROXY_STORAGE_LOCAL_ROOT) and its permissions"
-    )

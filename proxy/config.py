@@ -10,58 +10,28 @@ Every setting ``section.sub.name`` can be overridden by the environment variable
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import re
 import tomllib
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
 from proxy.config_auth import check_auth, read_secrets
+from proxy.config_tables import ByteSize as ByteSize
+from proxy.config_tables import ConfigError as ConfigError
+from proxy.config_tables import GiB as GiB
+from proxy.config_tables import MiB as MiB
+from proxy.config_tables import build_settings
+from proxy.rules.forwarded import parse_networks
 from proxy.rules.keys import validate_list_prefix
 from proxy.rules.origins import is_origin
 from proxy.rules.tus import validate_key_template
 
 ENV_PREFIX = "STREAM_PROXY_"
-MiB = 1024 * 1024
-GiB = 1024 * MiB
 
 S3_MIN_PART_SIZE = 5 * MiB
 S3_MAX_PART_SIZE = 5 * GiB
-
-
-class ConfigError(Exception):
-    """A setting is missing, unknown or invalid; str() is a one-line explanation."""
-
-
-class ByteSize(int):
-    """An int setting that also accepts '6MiB', '512 KiB', '1GB' and the like."""
-
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": MiB,
-    "gib": GiB,
-    "tib": 1024 * GiB,
-}
-
-
-def parse_size(text: str) -> int:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    if not match or match.group(2).lower() not in _UNITS:
-        raise ValueError(f"not a size: {text!r} (use e.g. 6291456 or '6MiB')")
-    # Decimal, not float: "2.01KB" is 2010 bytes, and integers above 2**53 stay exact.
-    return int(Decimal(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 @dataclass(frozen=True)
@@ -108,6 +78,20 @@ class ServerConfig:
     # Origins (scheme://host[:port]) of other sites whose pages may send PUT, POST,
     # PATCH and DELETE here; pages of the server's own origin always may.
     allowed_origins: tuple[str, ...] = ()
+    # -- behind a reverse proxy (nginx): addresses or CIDR networks of the proxies whose
+    # X-Forwarded-For/Proto/Host (and X-Request-ID) are believed, for the access log
+    # and the same-origin check; from any other peer those headers are ignored.
+    trusted_proxies: tuple[str, ...] = ()
+    # -- processes and draining (proxy/serving/).
+    # Processes serving the port, each with its own event loop and its own memory
+    # budget; any may answer any request, since all state is in the backend.
+    workers: int = 1
+    # Seconds after SIGTERM during which new connections are still served while
+    # /readyz says 503, so that load balancers stop sending before the port closes.
+    drain_delay: float = 5.0
+    # -- metrics: GET /metrics in Prometheus' text format (with [auth], for a token
+    # that may list every key). Requests are counted either way; this only serves them.
+    metrics: bool = True
 
 
 @dataclass(frozen=True)
@@ -162,6 +146,21 @@ class TusConfig:
     lock_lease: float = 30.0
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "text", "json")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    # The least severe messages written: debug, info, warning or error.
+    level: str = "info"
+    # "text": a line for a human; "json": one JSON object per line, for a log
+    # collector; "auto": text when stderr is a terminal, json otherwise (a service).
+    format: str = "auto"
+    # One line per request (proxy/web/access_log.py); metrics count requests either way.
+    access: bool = True
+
+
 # -- access control ([auth]): with no such section the server is open, and serves only
 # on a loopback address (proxy/cli.py); with one, every request is checked.
 @dataclass(frozen=True)
@@ -208,6 +207,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     tus: TusConfig = field(default_factory=TusConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     auth: AuthConfig | None = None  # None: no [auth] section
 
 
@@ -223,7 +223,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     env = os.environ if environ is None else environ
-    config: Config = _build(Config, _merge(raw, _env_overrides(Config, (), env)), ())
+    config: Config = build_settings(Config, raw, env, ENV_PREFIX)
     _validate(config)
     if config.auth is not None:
         try:
@@ -231,137 +231,6 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     return config
-
-
-def _env_overrides(cls: type, path: tuple[str, ...], environ: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, hint in get_type_hints(cls).items():
-        here = (*path, name)
-        table = _table_of(hint)
-        if table is not None:
-            nested = _env_overrides(table, here, environ)
-            if nested:
-                out[name] = nested
-            continue
-        if _tables_of(hint) is not None:
-            continue  # lists of tables (auth.tokens, auth.signing_keys): the file only
-        var = ENV_PREFIX + "_".join(here).upper()
-        if var in environ:
-            out[name] = environ[var]
-    return out
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _build(cls: type, raw: Any, path: tuple[str, ...]) -> Any:
-    where = ".".join(path) or "top level"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a table")
-    hints = get_type_hints(cls)
-    unknown = sorted(set(raw) - set(hints))
-    if unknown:
-        # Escaped, so that a key with a newline cannot break the one-line message.
-        name = ".".join((*path, unknown[0])).encode("unicode_escape").decode("ascii")
-        raise ConfigError(f"{name}: unknown setting")
-    values = {}
-    for name, hint in hints.items():
-        if name not in raw:
-            continue
-        here = (*path, name)
-        table, tables = _table_of(hint), _tables_of(hint)
-        if table is not None:
-            values[name] = _build(table, raw[name], here)
-        elif tables is not None:
-            values[name] = _build_tables(hint, tables, raw[name], here)
-        else:
-            values[name] = _coerce(hint, raw[name], ".".join(here))
-    return cls(**values)
-
-
-def _table_of(hint: Any) -> type | None:
-    """The dataclass a setting of type ``X`` or ``X | None`` is a table of."""
-    if get_origin(hint) in (Union, types.UnionType):
-        hint = next((a for a in get_args(hint) if a is not type(None)), None)
-    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
-
-
-def _tables_of(hint: Any) -> type | None:
-    """The dataclass of the tables of a ``tuple[X, ...]`` or ``dict[str, X]`` setting."""
-    args, origin = get_args(hint), get_origin(hint)
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        return _table_of(args[0])
-    if origin is dict and len(args) == 2:
-        return _table_of(args[1])
-    return None
-
-
-def _build_tables(hint: Any, table: type, raw: Any, path: tuple[str, ...]) -> Any:
-    where = ".".join(path)
-    if get_origin(hint) is dict:
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{where}: expected a table of tables")
-        return {name: _build(table, value, (*path, name)) for name, value in raw.items()}
-    if not isinstance(raw, list):
-        raise ConfigError(f"{where}: expected an array of tables ([[{where}]])")
-    return tuple(_build(table, value, (*path[:-1], f"{path[-1]}[{i}]")) for i, value in enumerate(raw))
-
-
-def _coerce(hint: Any, value: Any, name: str) -> Any:
-    optional = hint in (str | None, Path | None)
-    if optional and value in ("", None):
-        return None
-    target = {str | None: str, Path | None: Path}.get(hint, hint)
-    try:
-        if target is ByteSize:
-            if isinstance(value, bool):
-                raise ValueError("expected a size")
-            return ByteSize(parse_size(value) if isinstance(value, str) else int(value))
-        if target is bool:
-            return _to_bool(value)
-        if target is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError(f"expected a whole number, got {value!r}")
-            return int(value)
-        if target is float:
-            if isinstance(value, bool):
-                raise ValueError(f"expected a number, got {value!r}")
-            number = float(value)
-            if not math.isfinite(number):
-                raise ValueError(f"expected a finite number, got {value!r}")
-            return number
-        if target is str:
-            if not isinstance(value, str):
-                raise ValueError(f"expected a string, got {value!r}")
-            return value
-        if target is Path:
-            if not isinstance(value, str):
-                raise ValueError(f"expected a path string, got {value!r}")
-            return Path(value)
-        if target == tuple[str, ...]:
-            # A TOML list, or from the environment a comma-separated string.
-            items = value.split(",") if isinstance(value, str) else value
-            if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
-                raise ValueError(f"expected a list of strings, got {value!r}")
-            return tuple(i.strip() for i in items if i.strip() or not isinstance(value, str))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name}: {exc}") from None
-    raise ConfigError(f"{name}: unsupported setting type {hint!r}")
-
-
-def _to_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        return value.lower() in ("1", "true", "yes", "on")
-    raise ValueError(f"expected true or false, got {value!r}")
 
 
 _CHECKSUM_MODES = ("when_supported", "when_required")
@@ -380,6 +249,16 @@ def _validate(config: Config) -> None:
         (server.head_timeout >= 0, "server.head_timeout: must not be negative"),
         (server.keepalive_timeout >= 0, "server.keepalive_timeout: must not be negative"),
         (server.max_connections >= 0, "server.max_connections: must not be negative"),
+        (server.workers >= 1, "server.workers: must be at least 1"),
+        (server.drain_delay >= 0, "server.drain_delay: must not be negative"),
+        (
+            config.log.level in LOG_LEVELS,
+            f"log.level: must be one of {', '.join(LOG_LEVELS)}, got {config.log.level!r}",
+        ),
+        (
+            config.log.format in LOG_FORMATS,
+            f"log.format: must be one of {', '.join(LOG_FORMATS)}, got {config.log.format!r}",
+        ),
         (
             storage.backend in ("local", "s3"),
             f"storage.backend: must be 'local' or 's3', got {storage.backend!r}",
@@ -435,6 +314,10 @@ def _validate(config: Config) -> None:
             validate_list_prefix(prefix)
         except ValueError as exc:
             raise ConfigError(f"server.inline_prefixes: {prefix!r}: {exc}") from None
+    try:
+        parse_networks(server.trusted_proxies)
+    except ValueError as exc:
+        raise ConfigError(f"server.trusted_proxies: {exc}") from None
     for origin in server.allowed_origins:
         if not is_origin(origin):
             raise ConfigError(f"server.allowed_origins: {origin!r} is not scheme://host[:port]")

@@ -356,7 +356,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 async def start_server(port: int, **settings: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, **{f"STREAM_PROXY_{k.upper()}": v for k, v in settings.items()}}
+    # No drain delay unless a test asks for one: nothing waits to notice the drain.
+    env = {**os.environ, "STREAM_PROXY_SERVER_DRAIN_DELAY": "0"}
+    env.update({f"STREAM_PROXY_{k.upper()}": v for k, v in settings.items()})
     return await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "proxy", "serve", "--config", "config.toml", "--port", str(port)],
         cwd=ROOT,

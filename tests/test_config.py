@@ -19,8 +19,8 @@ from proxy.config import (
     ServerConfig,
     StorageConfig,
     load_config,
-    parse_size,
 )
+from proxy.config_tables import parse_size
 
 REPO_CONFIG = Path(__file__).parents[1] / "config.toml"
 

@@ -92,6 +92,16 @@ class Storage(Protocol):
 
 
 @runtime_checkable
+class Checked(Protocol):
+    """A backend that can tell cheaply whether it can serve (the readiness probe)."""
+
+    async def check(self) -> None:
+        """Return if the storage is reachable and writable as far as one cheap look
+        tells; else raise StorageError or OSError."""
+        ...
+
+
+@runtime_checkable
 class FileBacked(Protocol):
     """A backend whose objects are files, so they can be sent with sendfile."""
 

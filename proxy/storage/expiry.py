@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 
+from proxy.metrics.definitions import TUS_EXPIRED
 from proxy.storage.base import StorageError
 from proxy.storage.resumable import ResumableStore, UploadLocked, UploadNotFound
 
@@ -28,6 +29,7 @@ async def sweep(store: ResumableStore, now: float | None = None) -> int:
                 if state.expired(now):
                     await store.terminate(state)
                     removed += 1
+                    TUS_EXPIRED.inc()
         except (UploadLocked, UploadNotFound):
             continue  # being written to, or removed by another process meanwhile
         except (StorageError, OSError, ValueError, TypeError, KeyError) as exc:

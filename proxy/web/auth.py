@@ -17,56 +17,37 @@ method picks the action and the key or prefix it needs (proxy/rules/grants.py):
 Refusals: no credentials that cover the request, 401 with ``WWW-Authenticate``;
 credentials without the grant, 403 ``forbidden``; a signature that is forged, for
 another key, or expired, 403 ``bad_signature`` / ``signature_expired``. The check runs
-before anything is read from storage (but an upload's state, by its unguessable id,
-for a caller that may write somewhere), so a caller without ``read`` learns nothing of
-what exists. Without an ``[auth]`` section nothing is checked but signatures.
+before anything is read from storage (but an upload's owner and key, by its
+unguessable id, for a caller that may write somewhere; remembered, as they never
+change), so a caller without ``read`` learns nothing of what exists; nor from a
+DELETE, which tells a missing key (404) only to a caller who may read it
+(``may_read``). Without an ``[auth]`` section nothing is checked but signatures.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping
+from collections import OrderedDict
 from dataclasses import dataclass
-from enum import Enum
 from uuid import uuid4
 
 from aiohttp import web
 
 from proxy.config import Config
 from proxy.rules.content_types import content_type_for, essence
-from proxy.rules.grants import (
-    Action,
-    Grant,
-    allows,
-    allows_all_under,
-    allows_any,
-    parse_grant,
-    visible_prefixes,
-)
+from proxy.rules.grants import Action, Grant, allows, allows_all_under, allows_any, visible_prefixes
 from proxy.rules.keys import validate_key
-from proxy.rules.signatures import QUERY_PARAMETER, SIGNED_PATH, SignedGrant, Verdict, verify
-from proxy.rules.tokens import TokenTable
+from proxy.rules.signatures import QUERY_PARAMETER, SIGNED_PATH, SignedGrant, Verdict
 from proxy.rules.tus import TUS_VERSION, metadata_text, object_key_for, parse_metadata, parse_uint
 from proxy.storage.resumable import UPLOAD_ID
 from proxy.web.errors import ApiError, to_api_error
-from proxy.web.settings import TUS, UPLOADS
+from proxy.web.settings import AUTH, RESOURCES, TUS, UPLOAD_OWNERS, UPLOADS, AuthSettings, Resource
 
 # Where a signature goes in the path: routes.py serves every route under it too.
 SIGNED_BASE = SIGNED_PATH + "{signature}"
 REALM = 'Bearer realm="stream-proxy"'
-# What anyone may do on an open server (no [auth] section, or auth.open).
-_EVERYTHING = (Grant(frozenset(Action), ""),)
-
-
-class Resource(Enum):
-    OBJECT = "object"  # /files/{key}
-    FILES = "files"  # /files, /files/, /files/{prefix}/: GET lists, POST stores parts
-    UPLOADS = "uploads"  # /uploads: tus creation
-    UPLOAD = "upload"  # /uploads/{upload_id}
-
-
-RESOURCES: web.AppKey[dict[web.AbstractResource, Resource]] = web.AppKey("resources", dict)
+_KNOWN_UPLOADS = 4096  # uploads whose owner and key are remembered (a few hundred bytes each)
 
 
 def guard(app: web.Application, resource: web.AbstractResource, kind: Resource) -> None:
@@ -75,41 +56,9 @@ def guard(app: web.Application, resource: web.AbstractResource, kind: Resource) 
     app.setdefault(RESOURCES, {})[resource] = kind
 
 
-@dataclass(frozen=True)
-class Token:
-    name: str
-    grants: tuple[Grant, ...]
-
-
-@dataclass(frozen=True)
-class AuthSettings:
-    configured: bool  # an [auth] section exists
-    open: bool  # anyone may do anything
-    anonymous: tuple[Grant, ...]
-    tokens: TokenTable[Token]
-    signing_keys: Mapping[str, bytes]
-    clock_skew: float
-
-    @classmethod
-    def of(cls, config: Config) -> AuthSettings:
-        auth = config.auth
-        if auth is None:
-            return cls(False, True, _EVERYTHING, TokenTable([]), {}, 0.0)
-        # Open: anyone may do anything, and tokens (still told apart in the log) too.
-        anonymous = _EVERYTHING if auth.open else tuple(parse_grant(g) for g in auth.anonymous)
-        tokens = TokenTable(
-            (t.sha256, Token(t.name, tuple(parse_grant(g) for g in t.grants) + anonymous))
-            for t in auth.tokens
-        )
-        keys = {key_id: k.secret.encode("utf-8") for key_id, k in auth.signing_keys.items()}
-        return cls(True, auth.open, anonymous, tokens, keys, auth.clock_skew)
-
-
-AUTH: web.AppKey[AuthSettings] = web.AppKey("auth", AuthSettings)
-
-
 def install(app: web.Application, config: Config) -> None:
     app[AUTH] = AuthSettings.of(config)
+    app[UPLOAD_OWNERS] = OrderedDict()
 
 
 @dataclass(frozen=True)
@@ -149,6 +98,7 @@ class Creation:
 
 
 _WHO = web.RequestKey("caller", str)
+_IDENTITY = web.RequestKey("identity", Identity)
 _CREATION = web.RequestKey("creation", Creation)
 _LISTABLE = web.RequestKey("listable", tuple)
 _CHECKED = web.RequestKey("authorized", bool)
@@ -159,6 +109,15 @@ def caller(request: web.BaseRequest) -> str:
     ``anonymous``, or ``-`` before (or without) the check."""
     who: str = request.get(_WHO, "-")
     return who
+
+
+def may_read(request: web.Request, key: str) -> bool:
+    """Whether the request's caller may read ``key``, and so be told whether it
+    exists: a DELETE of a missing key is answered 404 only to such a caller (else 204,
+    as S3 answers every DELETE), so that ``delete`` alone is no way to find out what
+    is stored. False before (or without) the check."""
+    identity = request.get(_IDENTITY)
+    return identity is not None and identity.may(Action.READ, key)
 
 
 def upload_creation(request: web.Request) -> Creation:
@@ -190,11 +149,12 @@ async def authorize(request: web.Request) -> None:
     try:
         identity = _identify(request, settings)
         request[_WHO] = identity.name
+        request[_IDENTITY] = identity
         if kind is None:
             if route.resource is not None and settings.configured:
                 raise ApiError(403, "forbidden", "this route is open to no one")
-        elif request.method == "OPTIONS":
-            pass  # tus discovery, open to all; CORS preflights are cors.py's
+        elif request.method == "OPTIONS" or kind is Resource.HEALTH:
+            pass  # tus discovery and probes, open to all; CORS preflights are cors.py's
         elif settings.open and identity.signature is None:
             # Anyone may do anything: nothing to look up, and no upload has an owner to check.
             if kind is Resource.UPLOADS:
@@ -214,7 +174,7 @@ async def authorize(request: web.Request) -> None:
 def _identify(request: web.Request, settings: AuthSettings) -> Identity:
     token = request.match_info.get("signature") or request.query.get(QUERY_PARAMETER)
     if token is not None:
-        checked = verify(token, settings.signing_keys, now=time.time(), skew=settings.clock_skew)
+        checked = settings.signatures.verify(token, now=time.time(), skew=settings.clock_skew)
         if checked.grant is None or checked.verdict is Verdict.BAD:
             request[_WHO] = "bad signature"
             raise ApiError(403, "bad_signature", "the URL's signature is not valid")
@@ -265,6 +225,8 @@ async def _check(request: web.Request, kind: Resource, who: Identity, *, open_: 
         _within_limits(who.signature, request.content_length, None, None)
     elif kind is Resource.UPLOADS:
         request[_CREATION] = _creation(request, who)
+    elif kind is Resource.METRICS:
+        _require(who.may_all_under(Action.LIST, ""), who, Action.LIST, None)
     else:
         await _check_upload(request, who, open_=open_)
 
@@ -335,7 +297,24 @@ async def _check_upload(request: web.Request, who: Identity, *, open_: bool) -> 
     upload_id = request.match_info["upload_id"]
     if not UPLOAD_ID.fullmatch(upload_id):
         return  # the handler answers 404 without looking
-    state = await request.app[UPLOADS].get(upload_id)  # none: 404, as the handler would say
-    _require(who.may(action, state.key), who, action, state.key)
-    if not open_ and state.owner is not None and state.owner != who.owner:
+    owner, key = await _owner_and_key(request, upload_id)
+    _require(who.may(action, key), who, action, key)
+    if not open_ and owner is not None and owner != who.owner:
         raise ApiError(403, "forbidden", "this upload was created by someone else")
+
+
+async def _owner_and_key(request: web.Request, upload_id: str) -> tuple[str | None, str]:
+    """An upload's owner and key, which never change once it is created: read from its
+    state the first time, then remembered (for the latest _KNOWN_UPLOADS uploads), so
+    that a PATCH does not read the state twice, here and under the upload's lock in
+    the handler (which still finds out if the upload has gone since)."""
+    known = request.app[UPLOAD_OWNERS]
+    facts = known.get(upload_id)
+    if facts is not None:
+        known.move_to_end(upload_id)
+        return facts
+    state = await request.app[UPLOADS].get(upload_id)  # none: 404, as the handler would say
+    known[upload_id] = facts = (state.owner, state.key)
+    if len(known) > _KNOWN_UPLOADS:
+        known.popitem(last=False)
+    return facts

@@ -21,8 +21,7 @@ from aiohttp import web
 from proxy.config import Config
 from proxy.rules.origins import same_origin
 from proxy.web.errors import ApiError, Handler
-
-CORS_ORIGINS: web.AppKey[tuple[str, ...]] = web.AppKey("cors_origins", tuple)
+from proxy.web.settings import CORS_ORIGINS
 
 ALLOWED_METHODS = "GET, HEAD, PUT, POST, PATCH, DELETE, OPTIONS"
 # What tus-js-client, Uppy and players send beyond the CORS-safelisted headers.

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.web import downloads, files, listing, tus
+from proxy.web import downloads, files, health, listing, metrics, tus
 from proxy.web.admission import expect_continue
-from proxy.web.auth import SIGNED_BASE, Resource, guard
+from proxy.web.auth import SIGNED_BASE, guard
+from proxy.web.metrics import noting_route
+from proxy.web.settings import Resource
 
 # [\s\S] rather than '.', so that keys with control characters reach validate_key
 # and get a clear 400 instead of a 404.
@@ -20,18 +22,33 @@ KEY_ROUTE = r"/files/{key:[\s\S]+}"
 PREFIX_ROUTE = r"/files/{prefix:[\s\S]+/}"
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, *, serve_metrics: bool = True) -> None:
     for base in ("", SIGNED_BASE):
         _add_file_routes(app, base)
         _add_tus_routes(app, base)
+    _add_operator_routes(app, serve_metrics)
+
+
+def _add_operator_routes(app: web.Application, serve_metrics: bool) -> None:
+    # Not under /s/<signature>: probes and Prometheus carry no signed URLs.
+    for path, handler in (("/livez", health.livez), ("/readyz", health.readyz)):
+        probe = app.router.add_resource(path)
+        probe.add_route("GET", handler)
+        probe.add_route("HEAD", handler)  # some load balancers probe with HEAD
+        guard(app, probe, Resource.HEALTH)
+    if serve_metrics:
+        exported = app.router.add_resource("/metrics")
+        exported.add_route("GET", metrics.metrics)
+        guard(app, exported, Resource.METRICS)
 
 
 def _add_file_routes(app: web.Application, base: str) -> None:
     router = app.router
     # A body is asked for (Expect: 100-continue) only once what can be checked
     # without it has been.
-    put_checks = expect_continue(files.check_put)
-    post_checks = expect_continue(files.check_post)
+    # (noting_route: an answer made there, before any middleware, is counted as this route's.)
+    put_checks = noting_route(expect_continue(files.check_put))
+    post_checks = noting_route(expect_continue(files.check_post))
     obj = router.add_resource(base + KEY_ROUTE)
     obj.add_route("PUT", files.put_file, expect_handler=put_checks)
     obj.add_route("DELETE", files.delete_file)
@@ -50,7 +67,7 @@ def _add_file_routes(app: web.Application, base: str) -> None:
 def _add_tus_routes(app: web.Application, base: str) -> None:
     router = app.router
     endpoint = tus.tus_endpoint
-    body_checks = expect_continue(tus.check_body)
+    body_checks = noting_route(expect_continue(tus.check_body))
     for path in (base + tus.BASE, base + tus.BASE + "/"):
         uploads = router.add_resource(path)
         uploads.add_route("OPTIONS", endpoint(tus.options))

@@ -3,10 +3,18 @@ its own (a request it cannot parse: a bad request line, a head too long, too man
 headers, broken chunked framing) given as the same JSON errors as every other, with
 the same common headers, and logged as one line instead of a traceback each; and
 with the limits on its connections (connections.py) applied.
+
+Stopping: ``finish_requests`` lets the requests in flight end before ``cleanup()``
+cancels what is left. aiohttp's own shutdown cannot: from its first step it drops
+every byte a connection receives (``RequestHandler.close()`` and ``shutdown()`` make
+``data_received`` return at once), so an upload in flight, its body not all in, could
+only stall until cancelled.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -56,6 +64,24 @@ class ProxyRunner(web.AppRunner):
         kwargs.setdefault("read_bufsize", READ_BUFSIZE)
         super().__init__(app, **kwargs)
         self._limits = ConnectionLimits(connections or ConnectionSettings.of(Config()))
+        self._in_flight = _InFlight()
+
+    async def finish_requests(self, seconds: float) -> None:
+        """Stop listening, close the idle connections, and give the requests in flight
+        up to ``seconds`` to end (their connections are closed by their answers
+        or by cleanup()). Then ``cleanup()`` cancels what still runs."""
+        for site in list(self.sites):
+            await site.stop()
+        if self.server is None:
+            return
+        for handler in self.server.connections:
+            if handler not in self._in_flight.handlers:
+                handler.close()
+        if self._in_flight.handlers:
+            log.info("waiting up to %g s for %d requests in flight", seconds, len(self._in_flight.handlers))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await self._in_flight.none()
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
@@ -67,7 +93,7 @@ class ProxyRunner(web.AppRunner):
         assert isinstance(server, _ProxyServer)
         server.limits = self._limits
         server.handler_class = _handler_class(self._limits)
-        server.request_handler = _reporting(self._limits, server.request_handler)
+        server.request_handler = _reporting(self._limits, self._in_flight, server.request_handler)
         return server
 
 
@@ -94,14 +120,39 @@ class _ProxyServer(web.Server):
 RequestHandlerFunction = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
-def _reporting(limits: ConnectionLimits, handle: RequestHandlerFunction) -> RequestHandlerFunction:
-    """``handle``, telling ``limits`` when each request starts and ends."""
+class _InFlight:
+    """The connections with a request in progress."""
+
+    def __init__(self) -> None:
+        self.handlers: set[web.RequestHandler] = set()
+        self._emptied = asyncio.Event()
+
+    def started(self, handler: web.RequestHandler) -> None:
+        self.handlers.add(handler)
+        self._emptied.clear()
+
+    def ended(self, handler: web.RequestHandler) -> None:
+        self.handlers.discard(handler)
+        if not self.handlers:
+            self._emptied.set()
+
+    async def none(self) -> None:
+        while self.handlers:
+            await self._emptied.wait()
+
+
+def _reporting(
+    limits: ConnectionLimits, in_flight: _InFlight, handle: RequestHandlerFunction
+) -> RequestHandlerFunction:
+    """``handle``, telling ``limits`` and ``in_flight`` when each request starts and ends."""
 
     async def reporting(request: web.BaseRequest) -> web.StreamResponse:
         limits.request_started(request.protocol)
+        in_flight.started(request.protocol)
         try:
             return await handle(request)
         finally:
+            in_flight.ended(request.protocol)
             limits.request_ended(request.protocol)
 
     return reporting

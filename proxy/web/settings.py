@@ -3,12 +3,17 @@ settings each kind of request needs, taken from the config in one place."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
+from enum import Enum
 
 from aiohttp import web
 
 from proxy.config import Config
 from proxy.rules.body_pace import Pace
+from proxy.rules.grants import Action, Grant, parse_grant
+from proxy.rules.signatures import Verifier
+from proxy.rules.tokens import TokenTable
 from proxy.storage.backend import Backend
 from proxy.storage.base import Storage
 from proxy.storage.resumable import ResumableStore
@@ -51,6 +56,51 @@ class Lifecycle:
     draining: bool = False
 
 
+class Resource(Enum):
+    """What a route is to access control (auth.py), as routes.py declares it."""
+
+    OBJECT = "object"  # /files/{key}
+    FILES = "files"  # /files, /files/, /files/{prefix}/: GET lists, POST stores parts
+    UPLOADS = "uploads"  # /uploads: tus creation
+    UPLOAD = "upload"  # /uploads/{upload_id}
+    HEALTH = "health"  # /livez, /readyz: open to all, as probes carry no credentials
+    METRICS = "metrics"  # /metrics: list on every key (a grant "list:")
+
+
+@dataclass(frozen=True)
+class Token:
+    name: str
+    grants: tuple[Grant, ...]
+
+
+# What anyone may do on an open server (no [auth] section, or auth.open).
+_EVERYTHING = (Grant(frozenset(Action), ""),)
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    configured: bool  # an [auth] section exists
+    open: bool  # anyone may do anything
+    anonymous: tuple[Grant, ...]
+    tokens: TokenTable[Token]
+    signatures: Verifier  # the signing keys, and the signatures verified lately
+    clock_skew: float
+
+    @classmethod
+    def of(cls, config: Config) -> AuthSettings:
+        auth = config.auth
+        if auth is None:
+            return cls(False, True, _EVERYTHING, TokenTable([]), Verifier({}), 0.0)
+        # Open: anyone may do anything, and tokens (still told apart in the log) too.
+        anonymous = _EVERYTHING if auth.open else tuple(parse_grant(g) for g in auth.anonymous)
+        tokens = TokenTable(
+            (t.sha256, Token(t.name, tuple(parse_grant(g) for g in t.grants) + anonymous))
+            for t in auth.tokens
+        )
+        keys = {key_id: k.secret.encode("utf-8") for key_id, k in auth.signing_keys.items()}
+        return cls(True, auth.open, anonymous, tokens, Verifier(keys), auth.clock_skew)
+
+
 BACKEND: web.AppKey[Backend] = web.AppKey("backend", Backend)
 STORAGE: web.AppKey[Storage] = web.AppKey("storage", Storage)
 UPLOADS: web.AppKey[ResumableStore] = web.AppKey("uploads", ResumableStore)
@@ -62,6 +112,13 @@ TUS: web.AppKey[TusSettings] = web.AppKey("tus", TusSettings)
 SWEEP_INTERVAL: web.AppKey[float] = web.AppKey("sweep_interval", float)
 ALLOWED_ORIGINS: web.AppKey[tuple[str, ...]] = web.AppKey("allowed_origins", tuple)
 LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle", Lifecycle)
+# Access control (auth.py installs these): the [auth] settings, what each route is.
+AUTH: web.AppKey[AuthSettings] = web.AppKey("auth", AuthSettings)
+RESOURCES: web.AppKey[dict[web.AbstractResource, Resource]] = web.AppKey("resources", dict)
+# The owner and key of the uploads auth.py checked lately, by upload id (never change).
+UPLOAD_OWNERS: web.AppKey[OrderedDict[str, tuple[str | None, str]]] = web.AppKey("upload_owners", OrderedDict)
+# Origins whose pages may call this server from script (auth.cors_origins; cors.py).
+CORS_ORIGINS: web.AppKey[tuple[str, ...]] = web.AppKey("cors_origins", tuple)
 
 
 def install(app: web.Application, config: Config, backend: Backend) -> None:

@@ -18,6 +18,7 @@ from proxy.rules.signatures import (
     MAX_TOKEN_LENGTH,
     SignedGrant,
     Verdict,
+    Verifier,
     is_key_id,
     new_signing_secret,
     sign,
@@ -203,3 +204,41 @@ def test_signed_url_forms() -> None:
     assert "/files/vid%C3%A9os/a%20b%3F.mp4" in path_form
     query_form = signed_url("https://media.example", grant, SECRET, in_query=True)
     assert query_form == f"https://media.example/files/vid%C3%A9os/a%20b%3F.mp4?sig={token}"
+
+
+def _flip(token: str, position: int, mask: int) -> str:
+    return token[:position] + chr(ord(token[position]) ^ mask) + token[position + 1 :]
+
+
+@given(grants, st.data())
+def test_a_verifier_answers_as_verify_before_and_after_remembering(
+    grant: SignedGrant, data: st.DataObject
+) -> None:
+    """The same verdict and grant as verify(), for the token and for any flip of it, the
+    first time and once its payload is remembered; a remembered payload's expiry is
+    still checked against the clock."""
+    verifier = Verifier(KEYS, size=4)
+    token = sign(grant, KEYS[grant.key_id])
+    flipped = _flip(token, data.draw(st.integers(0, len(token) - 1)), data.draw(st.integers(1, 127)))
+    for _ in range(2):
+        for candidate in (flipped, token):
+            for now, skew in ((grant.expires, 0), (grant.expires + 31, 30), (grant.expires + 31, 0)):
+                assert verifier.verify(candidate, now=now, skew=skew) == verify(
+                    candidate, KEYS, now=now, skew=skew
+                ), (candidate, now, skew)
+    assert len(verifier) == 1  # the token; its flip never verified
+
+
+def test_a_verifier_keeps_only_the_latest_verified_payloads() -> None:
+    verifier = Verifier(KEYS, size=2)
+    tokens = [sign(SignedGrant("k1", Action.READ, f"key{i}", expires=NOW), SECRET) for i in range(3)]
+    forged = [_flip(t, len(t) - 2, 1) for t in tokens]
+    for token in tokens + forged:
+        verifier.verify(token, now=NOW)
+    assert len(verifier) == 2  # forged tokens are not kept; the oldest real one went
+    for token, forgery in zip(tokens, forged, strict=True):
+        assert verifier.verify(token, now=NOW).verdict is Verdict.OK
+        assert verifier.verify(forgery, now=NOW).verdict is Verdict.BAD
+        assert verifier.verify(token, now=NOW + 1).verdict is Verdict.EXPIRED
+    # A rotated-out key: a new verifier without it refuses what the old one kept.
+    assert Verifier({"k2": KEYS["k2"]}).verify(tokens[0], now=NOW).verdict is Verdict.BAD

@@ -2,7 +2,8 @@
 signing key, credentials as request pieces, and snapshots of what is stored.
 
 Tokens: ``full`` may do everything; ``reader`` may read and list everything;
-``writer`` may only write; ``narrow`` may do everything, but only under ``other/``.
+``writer`` may only write; ``narrow`` may do everything, but only under ``other/``;
+``deleter`` may only delete.
 Anonymous callers may read ``public/``. tus uploads are named
 ``videos/{id}/{filename}``, so that grants on ``videos/`` cover them.
 """
@@ -26,6 +27,7 @@ GRANTS = {
     "reader": "read,list:",
     "writer": "write:",
     "narrow": "read,list,write,delete:other/",
+    "deleter": "delete:",
 }
 SECRETS = {name: f"secret-of-{name}-0123456789abcdef" for name in GRANTS}
 SIGNING_SECRET = "signing-secret-k1-0123456789abcdef"

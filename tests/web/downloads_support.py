@@ -58,7 +58,12 @@ async def raw(
     client: TestClient[Any, Any], method: str, path: str, headers: dict[str, str] | None = None
 ) -> Raw:
     """One request on its own connection; the response is everything until EOF."""
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    return await raw_at(client.server.host, client.server.port, method, path, headers)
+
+
+async def raw_at(host: str, port: int, method: str, path: str, headers: dict[str, str] | None = None) -> Raw:
+    """``raw`` to any server (nginx in front of the proxy, say)."""
+    reader, writer = await asyncio.open_connection(host, port)
     try:
         lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
         lines += [f"{name}: {value}" for name, value in (headers or {}).items()]

@@ -14,12 +14,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 from tusclient.client import TusClient
 from tusclient.exceptions import TusCommunicationError
 
 from proxy.rules.grants import Action
 from proxy.web.settings import UPLOADS
-from tests.conftest import Backend, MiB
+from tests.conftest import Backend, MiB, S3Endpoint, backend_for
+from tests.s3_interposer import S3Interposer
 from tests.web.auth_support import KINDS, OCTET, TUS, answer, auth_config, b64, bearer, snapshot, token_for
 
 METADATA = f"filename {b64('movie.mp4')},filetype {b64('video/mp4')}"
@@ -248,3 +250,40 @@ async def test_owned_uploads_on_real_s3(real_backend: Backend, proxy_client: Any
     other = {**OCTET, **bearer("writer"), "Upload-Offset": "0"}
     assert await answer(await client.patch(location, data=b"evil", headers=other)) == F
     assert real_backend.view.keys() == [key]
+
+
+async def test_each_patch_after_the_first_reads_the_state_once(
+    tmp_path: Any, proxy_client: Any, moto_endpoint: S3Endpoint, moto_bucket: str
+) -> None:
+    """The check needs an upload's owner and key, which never change: once read, they
+    are remembered, so that a PATCH, HEAD or DELETE on S3 reads the upload's state only
+    under its lock, as with access control off."""
+    layer = S3Interposer(moto_endpoint.url)
+    interposer = TestServer(layer.app(), host="127.0.0.1")
+    await interposer.start_server()
+    through = dataclasses.replace(moto_endpoint, url=str(interposer.make_url("")).rstrip("/"))
+    s3 = backend_for("s3", tmp_path, through, moto_bucket)
+    chunk = b"x" * 1000
+    reads: dict[str, list[int]] = {}
+    try:
+        for name, config, headers in (
+            ("off", s3.config, {}),
+            ("on", auth_config(s3.config), bearer("full")),
+        ):
+            client = await proxy_client(config)
+            response = await create(client, headers, length=3 * len(chunk))
+            assert response.status == 201, await response.text()
+            location = response.headers["Location"]
+            reads[name] = []
+            for i in range(3):
+                layer.seen.clear()
+                sent = {**OCTET, **headers, "Upload-Offset": str(i * len(chunk))}
+                assert (await client.patch(location, data=chunk, headers=sent)).status == 204
+                reads[name].append(layer.operations().count("GET object"))
+            layer.seen.clear()
+            assert (await client.head(location, headers={**TUS, **headers})).status == 200
+            reads[name].append(layer.operations().count("GET object"))
+    finally:
+        await interposer.close()
+    # With access control on, the first PATCH reads the state for the check too.
+    assert reads["on"] == [reads["off"][0] + 1, *reads["off"][1:]], reads

@@ -81,6 +81,14 @@ class LocalStorage:
         self._sweeper = None
         await _run(self._release)
 
+    async def check(self) -> None:
+        await _run(self._check)
+
+    def _check(self) -> None:
+        # access(2) also answers EROFS for a file system remounted read-only.
+        if not (self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK)):
+            raise StorageError("the storage root is not a writable directory")
+
     def _prepare(self) -> None:
         self.paths.tmp.mkdir(parents=True, exist_ok=True)
         self.paths.meta.mkdir(parents=True, exist_ok=True)

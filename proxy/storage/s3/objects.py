@@ -13,6 +13,8 @@ import aioboto3
 from botocore.config import Config as BotoConfig
 
 from proxy.config import S3Config
+from proxy.metrics.definitions import READS_BOTOCORE, READS_RELAYED
+from proxy.metrics.s3 import MeasuredClient
 from proxy.rules.keys import is_valid_key, validate_cursor, validate_key, validate_list_prefix
 from proxy.storage import layout
 from proxy.storage.base import BodyRelay, ObjectInfo, ObjectPage
@@ -98,7 +100,8 @@ class S3Storage:
         client = await self._stack.enter_async_context(
             self._session.client("s3", endpoint_url=self.cfg.endpoint_url, config=boto_config(self.cfg))
         )
-        self._client = DeadlineClient(client, self.cfg.call_timeout)
+        # Measured outside the deadline, so that a call past it counts as failed.
+        self._client = MeasuredClient(DeadlineClient(client, self.cfg.call_timeout))
         self._relay = await S3Relay.for_client(
             client,
             self._session,
@@ -117,6 +120,9 @@ class S3Storage:
             self._relay = None
         await self._stack.aclose()
         self._client = None
+
+    async def check(self) -> None:
+        await upstream(self.client.head_bucket(Bucket=self.bucket))
 
     def upload_target(self, key: str, content_type: str, *, staging_key: str | None = None) -> UploadTarget:
         """The target of one upload to ``key``; a multipart upload is assembled at
@@ -180,6 +186,7 @@ class S3Storage:
             args["Range"] = f"bytes={start}-{'' if end is None else end}"
         if etag is not None:
             args["IfMatch"] = etag
+        READS_BOTOCORE.inc()
         response = await upstream(self.client.get_object(**args), key=key)
         stream = response["Body"]
         try:
@@ -195,7 +202,10 @@ class S3Storage:
         validate_key(key)
         if self._relay is None:
             return None
-        return await self._relay.open(key, start, end, etag=etag, size=size)
+        opened = await self._relay.open(key, start, end, etag=etag, size=size)
+        if opened is not None:
+            READS_RELAYED.inc()
+        return opened
 
     async def delete(self, key: str) -> None:
         await self.stat(key)
