@@ -20,7 +20,6 @@ by here (the noise floor), and each proxy's CPU time per request.
 from __future__ import annotations
 
 import contextlib
-import math
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +28,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from bench.download import nearest_rank
 from bench.measurements import BenchContext
 from bench.report import Row, compared_row
 from bench.servers import ProxyProcess, local_storage_tables, log, run_proxy
@@ -64,8 +64,7 @@ class Summary:
     @classmethod
     def of(cls, seconds: list[float]) -> Summary:
         ordered = sorted(seconds)
-        p90 = ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]  # nearest rank
-        return cls(statistics.median(ordered), p90)
+        return cls(statistics.median(ordered), nearest_rank(ordered, 0.9))
 
 
 def auth_toml(token_hash: str, signing_secret: str) -> str:

@@ -123,6 +123,9 @@ class LatencySummary:
     @classmethod
     def of(cls, seconds: list[float]) -> LatencySummary:
         ordered = sorted(seconds)
-        # Nearest-rank percentile.
-        p99 = ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
-        return cls(statistics.median(ordered), p99)
+        return cls(statistics.median(ordered), nearest_rank(ordered, 0.99))
+
+
+def nearest_rank(ordered: list[float], fraction: float) -> float:
+    """The nearest-rank percentile ``fraction`` of the sorted ``ordered``."""
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]

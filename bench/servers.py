@@ -344,12 +344,15 @@ async def run_proxy(
     storage: Mapping[str, Mapping[str, object]],
     s3: S3Endpoint | None = None,
     extra_toml: str = "",
+    workers: int = 1,
 ) -> AsyncIterator[ProxyProcess]:
     """``python -m proxy serve`` on a free port with a generated config (``extra_toml``
-    appended: tables toml_text cannot write, such as [[auth.tokens]]); stopped after."""
+    appended: tables toml_text cannot write, such as [[auth.tokens]]) and ``workers``
+    processes; stopped after (no drain delay: nothing balances load before it)."""
     port = free_port()
     config_path = workdir / f"proxy-{name}.toml"
-    tables = {"server": {"host": HOST, "port": port, "shutdown_timeout": 5}, **storage}
+    server = {"host": HOST, "port": port, "shutdown_timeout": 5, "drain_delay": 0, "workers": workers}
+    tables = {"server": server, **storage}
     config_path.write_text(toml_text(tables) + extra_toml)
     # Only the generated file configures the proxy: drop overrides from our environment.
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_PROXY_")}
@@ -370,7 +373,7 @@ async def run_proxy(
         log_path=log_path,
         log_lines=30,
         capture_output=True,
-        term_timeout=15,
+        term_timeout=20,
         cwd=REPO,
         env=env,
     ) as proc:

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import os
 import statistics
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from bench.measurements import BenchContext, alternating
 from bench.report import Row, mbps, throughput_row
-from bench.servers import HOST, REPO, S3Endpoint, free_port, log, s3_storage_tables, server_process, toml_text
+from bench.servers import HOST, log, run_proxy, s3_storage_tables
 from bench.settings import BenchError, MiB
 from bench.upload import proxy_put
 
@@ -82,25 +81,10 @@ class WorkersProxy:
 @contextlib.asynccontextmanager
 async def workers_proxy(ctx: BenchContext, workers: int) -> AsyncIterator[WorkersProxy]:
     """``stream-proxy serve --workers N`` on the benchmark bucket; stopped after."""
-    port = free_port()
     name = f"workers-{workers}"
-    config = ctx.workdir / f"proxy-{name}.toml"
-    tables = {"server": {"host": HOST, "port": port, "shutdown_timeout": 5, "drain_delay": 0}}
-    config.write_text(toml_text({**tables, **s3_storage_tables(ctx.s3_config())}))
-    argv = [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--workers", str(workers)]
-    async with server_process(
-        argv,
-        label=f"proxy {name}",
-        port=port,
-        time_limit=30,
-        log_path=ctx.workdir / f"proxy-{name}.log",
-        log_lines=30,
-        capture_output=True,
-        term_timeout=20,
-        cwd=REPO,
-        env=_proxy_env(ctx.s3),
-    ) as proc:
-        proxy = WorkersProxy(workers, proc.pid, port)
+    storage = s3_storage_tables(ctx.s3_config())
+    async with run_proxy(name, ctx.workdir, storage, ctx.s3, workers=workers) as process:
+        proxy = WorkersProxy(workers, process.pid, process.port)
         # The port answers once one worker listens: wait for all of them.
         deadline = time.monotonic() + 30
         while len(proxy.pids()) < workers + (workers > 1):
@@ -109,18 +93,6 @@ async def workers_proxy(ctx: BenchContext, workers: int) -> AsyncIterator[Worker
             await asyncio.sleep(0.1)
         await asyncio.sleep(1)  # the last worker's listener
         yield proxy
-
-
-def _proxy_env(s3: S3Endpoint) -> dict[str, str]:
-    # Only the generated file configures the proxy: drop overrides from our environment.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_PROXY_")}
-    env.update(
-        AWS_ACCESS_KEY_ID=s3.access_key,
-        AWS_SECRET_ACCESS_KEY=s3.secret_key,
-        AWS_CONFIG_FILE="/dev/null",
-        AWS_SHARED_CREDENTIALS_FILE="/dev/null",
-    )
-    return env
 
 
 async def _uploads(ctx: BenchContext, proxy: WorkersProxy, prefix: str, count: int, size: int) -> float:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import io
 import os
 import socket
 import time
@@ -20,13 +19,13 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import pytest
-from tusclient.client import TusClient
 
 from proxy.storage import layout
 from tests.conftest import MiB, wait_until
 from tests.deploy.conftest import NginxFront, rss_kib
 from tests.web.downloads_support import RANGE_KEYS, N, Raw, body_of, raw_at
 from tests.web.test_download_ranges import MULTI_CASES, RANGE_CASES, SEVENTEEN
+from tests.web.tus_support import tuspy_upload
 
 TUS = {"Tus-Resumable": "1.0.0"}
 
@@ -130,18 +129,6 @@ async def test_request_id_is_nginxs_and_the_client_is_nginxs_client(shared_nginx
 # -- tus: chunks to both instances, every URL leading to nginx ---------------------------------------------
 
 
-def tuspy_upload(url: str, data: bytes, chunk: int) -> str:
-    """tuspy's upload (synchronous: run it in a thread); the URL it was given."""
-    uploader = TusClient(url + "/uploads/").uploader(
-        file_stream=io.BytesIO(data),
-        chunk_size=chunk,
-        metadata={"filename": "movie.mp4", "filetype": "video/mp4"},
-    )
-    uploader.upload()
-    assert uploader.url is not None
-    return str(uploader.url)
-
-
 def patches_served(front: NginxFront, upload_id: str) -> dict[str, int]:
     """PATCHes of the upload each instance answered, from their access logs."""
     return {
@@ -156,7 +143,7 @@ async def test_tuspy_upload_alternates_instances_and_every_location_is_nginxs(
 ) -> None:
     nginx_front = shared_nginx_front
     data = os.urandom(23 * MiB + 5)
-    url = await asyncio.to_thread(tuspy_upload, nginx_front.url, data, 5 * MiB + 3)
+    url = await asyncio.to_thread(tuspy_upload, nginx_front.url + "/uploads/", data, 5 * MiB + 3)
     assert url.startswith(nginx_front.url + "/uploads/"), url
     upload_id = url.rsplit("/", 1)[1]
     # tuspy opens a connection per request and nginx (one worker) takes the instances

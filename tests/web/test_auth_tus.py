@@ -8,14 +8,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import io
 import os
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from tusclient.client import TusClient
 from tusclient.exceptions import TusCommunicationError
 
 from proxy.rules.grants import Action
@@ -23,6 +21,7 @@ from proxy.web.settings import UPLOADS
 from tests.conftest import Backend, MiB, S3Endpoint, backend_for
 from tests.s3_interposer import S3Interposer
 from tests.web.auth_support import KINDS, OCTET, TUS, answer, auth_config, b64, bearer, snapshot, token_for
+from tests.web.tus_support import tuspy_upload
 
 METADATA = f"filename {b64('movie.mp4')},filetype {b64('video/mp4')}"
 COLUMNS = list(KINDS)
@@ -90,24 +89,13 @@ async def test_every_credential_kind(backend: Backend, proxy_client: Any, route:
     assert got == expected
 
 
-def tuspy_upload(endpoint: str, data: bytes, chunk: int, headers: dict[str, str] | None = None) -> str:
-    uploader = TusClient(endpoint, headers=headers).uploader(
-        file_stream=io.BytesIO(data),
-        chunk_size=chunk,
-        metadata={"filename": "movie.mp4", "filetype": "video/mp4"},
-    )
-    uploader.upload()
-    assert uploader.url is not None
-    return str(uploader.url)
-
-
 async def test_tuspy_with_a_bearer_token_and_another_tokens_patch(
     backend: Backend, proxy_client: Any
 ) -> None:
     client = await proxy_client(auth_config(backend.config))
     base = f"http://{client.host}:{client.port}"
     data = os.urandom(3 * MiB + 7)
-    url = await asyncio.to_thread(tuspy_upload, base + "/uploads/", data, MiB, bearer("full"))
+    url = await asyncio.to_thread(tuspy_upload, base + "/uploads/", data, MiB, None, bearer("full"))
     key = f"videos/{url.rsplit('/', 1)[1]}/movie.mp4"
     assert backend.view.get(key) == data
     assert backend.view.metadata(key)["sha256"] == hashlib.sha256(data).hexdigest()

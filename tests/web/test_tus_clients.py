@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -12,24 +11,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from tusclient.client import TusClient
 
 from tests.conftest import Backend, MiB, backend_settings, free_port, start_server, wait_for_port
 from tests.web.test_tus import holding_patch, open_patch, status_of
+from tests.web.tus_support import tuspy_upload
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTET = {**TUS, "Content-Type": "application/offset+octet-stream"}
-METADATA = {"filename": "movie.mp4", "filetype": "video/mp4"}
-
-
-def tuspy_upload(endpoint: str, data: bytes, chunk: int, url: str | None = None, **options: Any) -> str:
-    """Upload (or resume) with tuspy, which is synchronous: run it in a thread."""
-    uploader = TusClient(endpoint).uploader(
-        file_stream=io.BytesIO(data), chunk_size=chunk, metadata=METADATA, url=url, **options
-    )
-    uploader.upload()
-    assert uploader.url is not None
-    return str(uploader.url)
 
 
 def key_of(url: str) -> str:
