@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= config.toml
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-all lint bench clean
+.PHONY: run test test-all lint bench vendor clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The page's third-party scripts (tus-js-client, hls.js) from the npm registry at the
+# versions pinned in proxy/page/vendor.py, checked and recorded in vendor/MANIFEST.json.
+vendor: $(STAMP)
+	$(BIN)/python -m proxy.page.vendor
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,7 @@ from proxy.config import Config
 from proxy.storage import local, s3
 from proxy.storage.backend import Backend
 from proxy.storage.expiry import sweep_forever
-from proxy.web import auth, cors, forwarded, health, metrics, settings
+from proxy.web import auth, cors, forwarded, metrics, settings
 from proxy.web.admission import admission_middleware
 from proxy.web.common_headers import add_common_headers
 from proxy.web.errors import error_middleware
@@ -38,13 +38,11 @@ def create_app(config: Config, backend: Backend | None = None) -> web.Applicatio
     settings.install(app, config, backend or BACKENDS[config.storage.backend](config))
     auth.install(app, config)
     cors.install(app, config)
-    forwarded.install(app, config)
     metrics.install(app)
-    health.install(app)
     app.on_response_prepare.append(add_common_headers)
     app.on_response_prepare.append(cors.add_cors_headers)
     app.cleanup_ctx.append(_backend_lifecycle)
-    add_routes(app, serve_metrics=config.server.metrics)
+    add_routes(app, serve_metrics=config.server.metrics, serve_page=config.server.web_ui)
     return app
 
 

@@ -92,6 +92,9 @@ class ServerConfig:
     # -- metrics: GET /metrics in Prometheus' text format (with [auth], for a token
     # that may list every key). Requests are counted either way; this only serves them.
     metrics: bool = True
+    # -- the web page (proxy/page/): /, /watch and /static/ list, upload and play, so
+    # that a browser is all a person needs; false serves none of them (an API-only server).
+    web_ui: bool = True
 
 
 @dataclass(frozen=True)

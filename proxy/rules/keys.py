@@ -71,6 +71,16 @@ def validate_list_prefix(prefix: str) -> str:
     return prefix
 
 
+def is_valid_list_prefix(prefix: str) -> bool:
+    """Whether some valid key starts with ``prefix`` (say, a directory found on disk,
+    as its key ending in '/')."""
+    try:
+        validate_list_prefix(prefix)
+    except InvalidKey:
+        return False
+    return True
+
+
 def validate_cursor(cursor: str) -> str:
     """A listing cursor: the page starts after it. It is only compared with keys,
     never made into a path, so it need not be one; but it goes to S3, so it must be

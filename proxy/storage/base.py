@@ -53,6 +53,15 @@ class ObjectTooLarge(StorageError):
     """The object is larger than the backend can store."""
 
 
+class DeleteIncomplete(UpstreamError):
+    """A folder delete that removed ``deleted`` objects but failed on others (or on
+    reading what was left): the storage failed part-way, and said so only at the end."""
+
+    def __init__(self, message: str, *, deleted: int) -> None:
+        super().__init__(message)
+        self.deleted = deleted
+
+
 class Storage(Protocol):
     """What the HTTP layer needs from a backend.
 
@@ -87,6 +96,14 @@ class Storage(Protocol):
         ...
 
     async def delete(self, key: str) -> None: ...
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every object whose key starts with ``prefix`` (a folder: empty, or a
+        valid key and '/', else InvalidKey) and return how many went. Never the
+        backend's own files, nor names that can be no key. Objects written while it
+        runs may remain; what it saw when it looked is gone. DeleteIncomplete when
+        some could not be deleted, after deleting all it could."""
+        ...
 
     async def list(self, prefix: str = "", limit: int = 1000, cursor: str | None = None) -> ObjectPage: ...
 

@@ -7,7 +7,8 @@ they ask for: each route declares its resource (``guard``, from routes.py), and 
 method picks the action and the key or prefix it needs (proxy/rules/grants.py):
 
 - an object: GET/HEAD ``read``, PUT ``write``, DELETE ``delete`` on its key;
-- a folder: POST ``write`` on every key under its prefix; the listing: ``list``;
+- a folder: POST ``write`` on every key under its prefix, DELETE (or a POST with
+  X-HTTP-Method-Override: DELETE) ``delete`` on every key under it; the listing: ``list``;
 - tus: a creation needs ``write`` on the key the upload will have, fixed here from its
   metadata before any byte is stored; HEAD, PATCH and DELETE of an upload need
   ``write`` (``delete`` for DELETE) on the upload's key, and the caller must be the
@@ -120,6 +121,14 @@ def may_read(request: web.Request, key: str) -> bool:
     return identity is not None and identity.may(Action.READ, key)
 
 
+def deletes_folder(request: web.Request) -> bool:
+    """Whether a request to a folder is its DELETE: the method itself, or a POST with
+    X-HTTP-Method-Override: DELETE (for clients that cannot send DELETE)."""
+    if request.method == "POST":
+        return request.headers.get("X-HTTP-Method-Override", "").upper() == "DELETE"
+    return request.method == "DELETE"
+
+
 def upload_creation(request: web.Request) -> Creation:
     return request.get(_CREATION) or Creation(uuid4().hex, None, None)
 
@@ -153,8 +162,8 @@ async def authorize(request: web.Request) -> None:
         if kind is None:
             if route.resource is not None and settings.configured:
                 raise ApiError(403, "forbidden", "this route is open to no one")
-        elif request.method == "OPTIONS" or kind is Resource.HEALTH:
-            pass  # tus discovery and probes, open to all; CORS preflights are cors.py's
+        elif request.method == "OPTIONS" or kind in (Resource.HEALTH, Resource.PAGE):
+            pass  # tus discovery, probes and the page's files, open to all; CORS preflights are cors.py's
         elif settings.open and identity.signature is None:
             # Anyone may do anything: nothing to look up, and no upload has an owner to check.
             if kind is Resource.UPLOADS:
@@ -216,6 +225,10 @@ async def _check(request: web.Request, kind: Resource, who: Identity, *, open_: 
         _require(listable != (), who, Action.LIST, None)
         if listable is not None:
             request[_LISTABLE] = listable
+    elif kind is Resource.FILES and deletes_folder(request):
+        # All of it or nothing: a grant on part of the folder is refused the whole.
+        prefix = request.match_info.get("prefix", "")
+        _require(who.may_all_under(Action.DELETE, prefix), who, Action.DELETE, None)
     elif kind is Resource.FILES:
         prefix = request.match_info.get("prefix", "")
         _require(who.may_all_under(Action.WRITE, prefix), who, Action.WRITE, None)

@@ -20,18 +20,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.config import Config
-from proxy.rules.forwarded import ClientView, Network, client_view, parse_networks
+from proxy.rules.forwarded import ClientView, client_view
 from proxy.web.common_headers import adopt_request_id, request_id
 from proxy.web.errors import Handler
+from proxy.web.settings import TRUSTED_PROXIES
 
-TRUSTED_PROXIES: web.AppKey[tuple[Network, ...]] = web.AppKey("trusted_proxies", tuple)
 _CLIENT = web.RequestKey("forwarded_client", ClientView)
-
-
-def install(app: web.Application, config: Config) -> None:
-    # Checked when the config was loaded: parsing cannot fail here.
-    app[TRUSTED_PROXIES] = parse_networks(config.server.trusted_proxies)
 
 
 def client_address(request: web.BaseRequest) -> str | None:

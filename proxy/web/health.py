@@ -10,69 +10,11 @@ path; a change of readiness is logged once, with the reason, not at every probe.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
 from aiohttp import web
 
-from proxy.storage.base import Checked
-from proxy.web.settings import LIFECYCLE, STORAGE
+from proxy.web.settings import LIFECYCLE, READINESS
 
-log = logging.getLogger(__name__)
-
-CACHE_SECONDS = 1.0  # how long one look at the storage answers for
-CHECK_TIMEOUT = 5.0  # a storage that answers slower than this is not ready
 _HEADERS = {"Cache-Control": "no-store"}
-
-
-class Readiness:
-    """The storage's last look, shared by every probe for CACHE_SECONDS."""
-
-    def __init__(self) -> None:
-        self._checked_at = float("-inf")
-        self._reason: str | None = None  # why not ready; None: ready
-        self._running: asyncio.Future[str | None] | None = None
-
-    async def storage_problem(self, app: web.Application) -> str | None:
-        loop = asyncio.get_running_loop()
-        if loop.time() - self._checked_at < CACHE_SECONDS:
-            return self._reason
-        if self._running is None:
-            self._running = asyncio.ensure_future(self._check(app))
-        # Shielded: a prober that gives up must not cancel the look the others await.
-        return await asyncio.shield(self._running)
-
-    async def _check(self, app: web.Application) -> str | None:
-        storage = app[STORAGE]
-        reason: str | None = None
-        try:
-            if isinstance(storage, Checked):
-                async with asyncio.timeout(CHECK_TIMEOUT):
-                    await storage.check()
-        except Exception as exc:  # whatever failed, the probe answers (503), never 500
-            reason = "storage_unreachable"
-            if self._reason is None:
-                log.warning("not ready: the storage cannot be reached: %s", _describe(exc))
-        finally:
-            self._checked_at = asyncio.get_running_loop().time()
-            self._running = None
-        if reason is None and self._reason is not None:
-            log.warning("ready again: the storage can be reached")
-        self._reason = reason
-        return reason
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"no answer in {CHECK_TIMEOUT:g} s"
-    return str(exc) or type(exc).__name__
-
-
-READINESS: web.AppKey[Readiness] = web.AppKey("readiness", Readiness)
-
-
-def install(app: web.Application) -> None:
-    app[READINESS] = Readiness()
 
 
 async def livez(request: web.Request) -> web.Response:
@@ -83,7 +25,7 @@ async def readyz(request: web.Request) -> web.Response:
     app = request.app
     if app[LIFECYCLE].draining:
         return web.json_response({"status": "draining"}, status=503, headers=_HEADERS)
-    problem = await app[READINESS].storage_problem(app)
+    problem = await app[READINESS].storage_problem()
     if problem is not None:
         return web.json_response({"status": problem}, status=503, headers=_HEADERS)
     return web.json_response({"status": "ok"}, headers=_HEADERS)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.web import downloads, files, health, listing, metrics, tus
+from proxy.web import downloads, files, folders, health, listing, metrics, page, tus
 from proxy.web.admission import expect_continue
-from proxy.web.auth import SIGNED_BASE, guard
+from proxy.web.auth import SIGNED_BASE, deletes_folder, guard
 from proxy.web.metrics import noting_route
 from proxy.web.settings import Resource
 
@@ -22,11 +22,24 @@ KEY_ROUTE = r"/files/{key:[\s\S]+}"
 PREFIX_ROUTE = r"/files/{prefix:[\s\S]+/}"
 
 
-def add_routes(app: web.Application, *, serve_metrics: bool = True) -> None:
+def add_routes(app: web.Application, *, serve_metrics: bool = True, serve_page: bool = True) -> None:
     for base in ("", SIGNED_BASE):
         _add_file_routes(app, base)
         _add_tus_routes(app, base)
+        if serve_page:
+            _add_page_routes(app, base)
     _add_operator_routes(app, serve_metrics)
+
+
+def _add_page_routes(app: web.Application, base: str) -> None:
+    # The page's own files need no credentials (it asks for a token itself); what it
+    # then asks for is checked as anyone's requests are.
+    served_by = (("/", page.index), ("/watch", page.player), ("/static/{name:.+}", page.static_file))
+    for path, handler in served_by:
+        served = app.router.add_resource(base + path)
+        served.add_route("GET", handler)
+        served.add_route("HEAD", handler)
+        guard(app, served, Resource.PAGE)
 
 
 def _add_operator_routes(app: web.Application, serve_metrics: bool) -> None:
@@ -48,20 +61,38 @@ def _add_file_routes(app: web.Application, base: str) -> None:
     # without it has been.
     # (noting_route: an answer made there, before any middleware, is counted as this route's.)
     put_checks = noting_route(expect_continue(files.check_put))
-    post_checks = noting_route(expect_continue(files.check_post))
+    post_checks = noting_route(expect_continue(_check_folder_post))
+    # Folders before objects: aiohttp tries them in this order, and a path ending in
+    # '/' matches KEY_ROUTE too, where a DELETE would be one (invalid) key's.
+    for path in (base + "/files", base + "/files/", base + PREFIX_ROUTE):
+        folder = router.add_resource(path)
+        folder.add_route("POST", _post_to_folder, expect_handler=post_checks)
+        if path.endswith("/files"):
+            folder.add_route("HEAD", listing.list_files)
+            folder.add_route("GET", listing.list_files)
+        else:
+            folder.add_route("DELETE", folders.delete_folder)
+        guard(app, folder, Resource.FILES)
     obj = router.add_resource(base + KEY_ROUTE)
     obj.add_route("PUT", files.put_file, expect_handler=put_checks)
     obj.add_route("DELETE", files.delete_file)
     obj.add_route("HEAD", downloads.get_file)
     obj.add_route("GET", downloads.get_file)
     guard(app, obj, Resource.OBJECT)
-    for path in (base + "/files", base + "/files/", base + PREFIX_ROUTE):
-        folder = router.add_resource(path)
-        folder.add_route("POST", files.post_files, expect_handler=post_checks)
-        if path.endswith("/files"):
-            folder.add_route("HEAD", listing.list_files)
-            folder.add_route("GET", listing.list_files)
-        guard(app, folder, Resource.FILES)
+
+
+async def _post_to_folder(request: web.Request) -> web.StreamResponse:
+    """A POST to a folder uploads, unless it stands for the folder's DELETE."""
+    if deletes_folder(request):
+        return await folders.delete_folder(request)
+    return await files.post_files(request)
+
+
+def _check_folder_post(request: web.Request) -> None:
+    if deletes_folder(request):
+        folders.folder_prefix(request)
+    else:
+        files.check_post(request)
 
 
 def _add_tus_routes(app: web.Application, base: str) -> None:

@@ -10,12 +10,15 @@ from enum import Enum
 from aiohttp import web
 
 from proxy.config import Config
+from proxy.page.files import PageFiles
 from proxy.rules.body_pace import Pace
+from proxy.rules.forwarded import Network, parse_networks
 from proxy.rules.grants import Action, Grant, parse_grant
 from proxy.rules.signatures import Verifier
 from proxy.rules.tokens import TokenTable
 from proxy.storage.backend import Backend
 from proxy.storage.base import Storage
+from proxy.storage.readiness import Readiness
 from proxy.storage.resumable import ResumableStore
 
 
@@ -65,6 +68,7 @@ class Resource(Enum):
     UPLOAD = "upload"  # /uploads/{upload_id}
     HEALTH = "health"  # /livez, /readyz: open to all, as probes carry no credentials
     METRICS = "metrics"  # /metrics: list on every key (a grant "list:")
+    PAGE = "page"  # /, /watch, /static/...: the web page's files, open to all (it asks for a token)
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,9 @@ TUS: web.AppKey[TusSettings] = web.AppKey("tus", TusSettings)
 SWEEP_INTERVAL: web.AppKey[float] = web.AppKey("sweep_interval", float)
 ALLOWED_ORIGINS: web.AppKey[tuple[str, ...]] = web.AppKey("allowed_origins", tuple)
 LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle", Lifecycle)
+READINESS: web.AppKey[Readiness] = web.AppKey("readiness", Readiness)
+TRUSTED_PROXIES: web.AppKey[tuple[Network, ...]] = web.AppKey("trusted_proxies", tuple)
+PAGE_FILES: web.AppKey[PageFiles] = web.AppKey("page_files", PageFiles)
 # Access control (auth.py installs these): the [auth] settings, what each route is.
 AUTH: web.AppKey[AuthSettings] = web.AppKey("auth", AuthSettings)
 RESOURCES: web.AppKey[dict[web.AbstractResource, Resource]] = web.AppKey("resources", dict)
@@ -125,6 +132,10 @@ def install(app: web.Application, config: Config, backend: Backend) -> None:
     """Put the backend and every setting the handlers read on ``app``."""
     app[BACKEND] = backend
     app[LIFECYCLE] = Lifecycle()
+    app[READINESS] = Readiness(backend.objects)
+    # Checked when the config was loaded: parsing cannot fail here.
+    app[TRUSTED_PROXIES] = parse_networks(config.server.trusted_proxies)
+    app[PAGE_FILES] = PageFiles()  # read on first use
     app[STORAGE] = backend.objects
     app[UPLOADS] = backend.uploads
     app[MAX_UPLOAD] = config.server.max_upload_bytes

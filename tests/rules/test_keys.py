@@ -14,6 +14,7 @@ from proxy.rules.keys import (
     MAX_KEY_BYTES,
     MAX_SEGMENT_BYTES,
     InvalidKey,
+    is_valid_list_prefix,
     sanitize_filename,
     validate_key,
     validate_list_prefix,
@@ -271,6 +272,16 @@ def test_every_start_of_a_valid_key_is_a_valid_list_prefix(key: str, cut: int) -
     if not accepted(key):
         return
     assert validate_list_prefix(key[:cut]) == key[:cut]
+
+
+@given(st.one_of(key_like, st.text(max_size=40)))
+def test_is_valid_list_prefix_says_what_validate_list_prefix_does(prefix: str) -> None:
+    try:
+        validate_list_prefix(prefix)
+    except InvalidKey:
+        assert not is_valid_list_prefix(prefix)
+    else:
+        assert is_valid_list_prefix(prefix)
 
 
 @given(key_like)

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from proxy.rules.keys import validate_key, validate_list_prefix
+from proxy.rules.keys import is_valid_key, validate_key, validate_list_prefix, validate_prefix
 from proxy.storage import layout
 from proxy.storage.backend import Backend
 from proxy.storage.base import ObjectInfo, ObjectNotFound, ObjectPage, StorageError
@@ -92,6 +92,14 @@ class MemoryStorage:
     async def delete(self, key: str) -> None:
         self._object(key)
         del self._entries[key]
+
+    async def delete_prefix(self, prefix: str) -> int:
+        validate_prefix(prefix)
+        # The backend's own entries and names no key can have are no objects.
+        doomed = [key for key in self._entries if key.startswith(prefix) and is_valid_key(key)]
+        for key in doomed:
+            del self._entries[key]
+        return len(doomed)
 
     async def list(self, prefix: str = "", limit: int = 1000, cursor: str | None = None) -> ObjectPage:
         validate_list_prefix(prefix)

@@ -19,7 +19,7 @@ from moto.server import ThreadedMotoServer
 
 from proxy.config import Config, LocalConfig, ServerConfig, StorageConfig
 from proxy.metrics.definitions import REGISTRY
-from proxy.web.health import CACHE_SECONDS
+from proxy.storage.readiness import CACHE_SECONDS
 from proxy.web.settings import LIFECYCLE
 from tests.conftest import S3Endpoint, free_port, make_bucket, s3_config
 from tests.metrics.support import serving

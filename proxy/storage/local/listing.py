@@ -28,7 +28,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from proxy.rules.keys import INTERNAL_PREFIX, InvalidKey, is_valid_key, validate_cursor, validate_list_prefix
+from proxy.rules.keys import (
+    INTERNAL_PREFIX,
+    is_valid_key,
+    is_valid_list_prefix,
+    validate_cursor,
+    validate_list_prefix,
+)
 from proxy.storage.base import ObjectInfo, ObjectNotFound, ObjectPage
 from proxy.storage.local.paths import LocalPaths
 
@@ -97,7 +103,7 @@ def _keys(top: Path, top_key: str, start: str, cursor: str | None, skip_internal
             if not is_dir:
                 if is_valid_key(key):
                     yield key
-            elif _may_hold_keys(key):
+            elif is_valid_list_prefix(key):
                 # ``key`` ends with '/': the directory's path below the top's.
                 stack.append(iter(_entries(top / key[len(top_key) :], key, "", cursor, False)))
                 break
@@ -130,12 +136,3 @@ def _entries(
         return []
     found.sort()
     return found
-
-
-def _may_hold_keys(dir_key: str) -> bool:
-    """Whether some valid key starts with ``dir_key`` (a directory's, ending in '/')."""
-    try:
-        validate_list_prefix(dir_key)
-    except InvalidKey:
-        return False
-    return True

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from proxy.storage.base import KeyConflict, ObjectInfo, ObjectNotFound, ObjectPage, StorageError
 from proxy.storage.local.files import WRITE_BLOCK, BlockWriter, fsync_dir, local_etag, write_synced
+from proxy.storage.local.folders import delete_prefix
 from proxy.storage.local.keylocks import KeyLocks
 from proxy.storage.local.leftovers import SWEEP_INTERVAL, ProcessTemp
 from proxy.storage.local.listing import list_page
@@ -288,7 +289,9 @@ class LocalStorage:
 
     # -- delete and list -----------------------------------------------------
 
-    def _delete(self, key: str) -> None:
+    def remove(self, key: str) -> None:
+        """Remove the object ``key`` and its metadata, as DELETE does, but leave its
+        emptied directories; ObjectNotFound if there is none. Blocking."""
         # The key's own name goes, whatever a symlink there pointed at.
         path = self.paths.object(key)
         with self._locks.held(key):
@@ -299,6 +302,10 @@ class LocalStorage:
                 raise ObjectNotFound(key) from None
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.paths.meta_of(key))
+
+    def _delete(self, key: str) -> None:
+        self.remove(key)
+        path = self.paths.object(key)
         # Unlocked: writers of other keys in these directories retry a pruned one.
         self._prune(path.parent, self.root)
         self._prune(self.paths.meta_of(key).parent, self.paths.meta)
@@ -315,6 +322,10 @@ class LocalStorage:
 
     async def delete(self, key: str) -> None:
         await _run(self._delete, key)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        # In steps, in the folder deletes' own threads (storage.local.folders).
+        return await delete_prefix(self.paths, self.remove, prefix)
 
     async def list(self, prefix: str = "", limit: int = 1000, cursor: str | None = None) -> ObjectPage:
         # In the listing's own threads (storage.local.listing), not _run's.

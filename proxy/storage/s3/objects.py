@@ -20,6 +20,7 @@ from proxy.storage import layout
 from proxy.storage.base import BodyRelay, ObjectInfo, ObjectPage
 from proxy.storage.s3.deadlines import DeadlineClient
 from proxy.storage.s3.errors import quoted_etag, upstream
+from proxy.storage.s3.folders import delete_prefix
 from proxy.storage.s3.multipart import SHA256_META, UploadTarget
 from proxy.storage.s3.put import S3Upload, UploadSettings
 from proxy.storage.s3.relay import S3Relay
@@ -211,6 +212,10 @@ class S3Storage:
         await self.stat(key)
         self._recent.forget(key)
         await upstream(self.client.delete_object(Bucket=self.bucket, Key=key))
+
+    async def delete_prefix(self, prefix: str) -> int:
+        # Listed and deleted a thousand at a time (storage.s3.folders).
+        return await delete_prefix(self.client, self.bucket, prefix, forget=self._recent.forget)
 
     async def list(self, prefix: str = "", limit: int = 1000, cursor: str | None = None) -> ObjectPage:
         validate_list_prefix(prefix)
