@@ -2,8 +2,10 @@
 
 ``python -m bench`` starts (or reuses) the real S3 server from ../shared/s3, starts
 the proxy as separate processes, runs every measurement in
-:data:`bench.run.ALL` (those of :mod:`bench.measurements`, then ``auth_cost`` of
-:mod:`bench.auth`, ...) and prints one table of the results.
+:data:`bench.run.ALL` (those of :mod:`bench.measurements`: its upload rows, the
+download rows of :mod:`bench.download_rows` and the concurrent RSS row of
+:mod:`bench.memory`; then ``auth_cost`` of :mod:`bench.auth`, ...) and prints one
+table of the results. What every measurement shares is in :mod:`bench.context`.
 
 Environment:
 

@@ -28,8 +28,8 @@ from urllib.parse import quote
 
 import aiohttp
 
+from bench.context import BenchContext
 from bench.download import nearest_rank
-from bench.measurements import BenchContext
 from bench.report import Row, compared_row
 from bench.servers import ProxyProcess, local_storage_tables, log, run_proxy
 from bench.settings import BenchError, MiB

@@ -14,19 +14,17 @@ import hashlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
+from bench.context import BenchContext
 from bench.payload import Payload
 from bench.report import Row, mbps, mib
 from bench.servers import ProxyProcess, log, run_proxy, s3_storage_tables
 from bench.settings import BenchError, MiB
 from proxy.config import ByteSize
-
-if TYPE_CHECKING:
-    from bench.measurements import BenchContext
 
 RSS_SAMPLE_SECONDS = 0.05
 # The target: what the process holds may exceed the budget by at most this

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from bench.auth import auth_cost
-from bench.measurements import MEASUREMENTS, BenchContext, Measurement
+from bench.context import BenchContext
+from bench.measurements import MEASUREMENTS, Measurement
 from bench.payload import Payload
 from bench.report import Row, error_row, render
 from bench.servers import empty_bucket, fresh_bucket, log, real_s3, temp_workdir

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.measurements import BenchContext, alternating
+from bench.context import BenchContext, alternating
 from bench.report import Row, mbps, throughput_row
 from bench.servers import HOST, log, run_proxy, s3_storage_tables
 from bench.settings import BenchError, MiB
