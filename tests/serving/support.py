@@ -119,6 +119,17 @@ def alive(pid: int) -> bool:
     return True
 
 
+def exited(pid: int) -> bool:
+    """Whether ``pid`` has ended: gone, or a zombie (its files, sockets among them, are
+    closed by then). /proc/PID/fd of a process still ending may be unreadable while
+    its sockets are open, so an empty socket_inodes() does not tell."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
 def socket_inodes(pid: int) -> set[int]:
     """The inodes of the sockets process ``pid`` has open."""
     inodes: set[int] = set()

@@ -15,7 +15,7 @@ import pytest
 
 from proxy.config import ConfigError, load_config
 from tests.conftest import free_port, start_server, wait_for_port, wait_until
-from tests.serving.support import Connection, MiB, alive, children, owner_of, request, serving_pids
+from tests.serving.support import Connection, MiB, alive, children, exited, owner_of, request, serving_pids
 from tests.test_cli import assert_one_line_start_error, run_cli
 
 
@@ -53,7 +53,7 @@ async def test_two_workers_share_the_port_are_replaced_and_drain_together(tmp_pa
         # that reached the killed one's queue in the instant it died are reset: the
         # price of SO_REUSEPORT, workers.py.)
         os.kill(workers[0], signal.SIGKILL)
-        await wait_until(lambda: not serving_pids(port, [workers[0]]), 10)
+        await wait_until(lambda: exited(workers[0]), 10)
         for _ in range(20):
             assert (await request(port, "GET", "/files/shared.bin")).body == data
         replaced = await _workers_serving(port, proc.pid, 2)
