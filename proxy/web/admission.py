@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import HttpVersion10, HttpVersion11, web
 
 from proxy.rules.origins import write_allowed
-from proxy.web.auth import authorize
+from proxy.web.auth import authorize, run_checked
 from proxy.web.errors import ApiError, Handler, error_response
 from proxy.web.settings import ALLOWED_ORIGINS
 
@@ -51,8 +51,7 @@ def admit(request: web.Request) -> None:
 @web.middleware
 async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     admit(request)
-    await authorize(request)
-    return await handler(request)
+    return await run_checked(request, handler)
 
 
 def expect_continue(*checks: Check) -> ExpectHandler:

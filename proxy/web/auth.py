@@ -22,7 +22,7 @@ before anything is read from storage (but an upload's owner and key, by its
 unguessable id, for a caller that may write somewhere; remembered, as they never
 change), so a caller without ``read`` learns nothing of what exists; nor from a
 DELETE, which tells a missing key (404) only to a caller who may read it
-(``may_read``). Without an ``[auth]`` section nothing is checked but signatures.
+(``run_checked``). Without an ``[auth]`` section nothing is checked but signatures.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ from proxy.rules.grants import Action, Grant, allows, allows_all_under, allows_a
 from proxy.rules.keys import validate_key
 from proxy.rules.signatures import QUERY_PARAMETER, SIGNED_PATH, SignedGrant, Verdict
 from proxy.rules.tus import TUS_VERSION, metadata_text, object_key_for, parse_metadata, parse_uint
+from proxy.storage.base import ObjectNotFound
 from proxy.storage.resumable import UPLOAD_ID
-from proxy.web.errors import ApiError, to_api_error
+from proxy.web.errors import ApiError, Handler, to_api_error
 from proxy.web.settings import AUTH, RESOURCES, TUS, UPLOAD_OWNERS, UPLOADS, AuthSettings, Resource
 
 # Where a signature goes in the path: routes.py serves every route under it too.
@@ -103,6 +104,8 @@ _IDENTITY = web.RequestKey("identity", Identity)
 _CREATION = web.RequestKey("creation", Creation)
 _LISTABLE = web.RequestKey("listable", tuple)
 _CHECKED = web.RequestKey("authorized", bool)
+# A DELETE by a caller who may delete the key but not read it (see run_checked).
+_HIDES_ABSENCE = web.RequestKey("hides_absence", bool)
 
 
 def caller(request: web.BaseRequest) -> str:
@@ -110,15 +113,6 @@ def caller(request: web.BaseRequest) -> str:
     ``anonymous``, or ``-`` before (or without) the check."""
     who: str = request.get(_WHO, "-")
     return who
-
-
-def may_read(request: web.Request, key: str) -> bool:
-    """Whether the request's caller may read ``key``, and so be told whether it
-    exists: a DELETE of a missing key is answered 404 only to such a caller (else 204,
-    as S3 answers every DELETE), so that ``delete`` alone is no way to find out what
-    is stored. False before (or without) the check."""
-    identity = request.get(_IDENTITY)
-    return identity is not None and identity.may(Action.READ, key)
 
 
 def deletes_folder(request: web.Request) -> bool:
@@ -146,6 +140,19 @@ def url_credential(request: web.Request) -> tuple[str, str]:
     if QUERY_PARAMETER in request.query:
         return "", f"?{QUERY_PARAMETER}={request.query[QUERY_PARAMETER]}"
     return "", ""
+
+
+async def run_checked(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Run ``handler`` if the caller may make ``request``. A DELETE of a missing key is
+    answered 404 only to a caller who may read the key; to others 204, as S3 answers
+    every DELETE, so that ``delete`` alone is no way to find out what is stored."""
+    await authorize(request)
+    if not request.get(_HIDES_ABSENCE):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except ObjectNotFound:
+        return web.Response(status=204)
 
 
 async def authorize(request: web.Request) -> None:
@@ -218,6 +225,8 @@ async def _check(request: web.Request, kind: Resource, who: Identity, *, open_: 
         key = request.match_info["key"]
         action = {"PUT": Action.WRITE, "DELETE": Action.DELETE}.get(method, Action.READ)
         _require(who.may(action, key), who, action, key)
+        if action is Action.DELETE and not who.may(Action.READ, key):
+            request[_HIDES_ABSENCE] = True
         if action is Action.WRITE:
             _within_limits(who.signature, request.content_length, request.headers.get("Content-Type"), key)
     elif kind is Resource.FILES and method in ("GET", "HEAD"):

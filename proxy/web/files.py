@@ -11,9 +11,7 @@ from aiohttp.multipart import MultipartReader
 
 from proxy.rules.content_types import content_type_for
 from proxy.rules.keys import sanitize_filename, validate_key, validate_prefix
-from proxy.storage.base import ObjectNotFound
 from proxy.streaming.bodies import BodyTooLarge, limited
-from proxy.web.auth import may_read
 from proxy.web.errors import ApiError, to_api_error
 from proxy.web.requests import body_wait, object_key, request_chunks, within_upload_limit
 from proxy.web.settings import MAX_UPLOAD, STORAGE
@@ -140,10 +138,6 @@ async def _parts(request: web.Request, reader: MultipartReader) -> AsyncIterator
 
 async def delete_file(request: web.Request) -> web.Response:
     key = object_key(request)
-    try:
-        await request.app[STORAGE].delete(key)
-    except ObjectNotFound:
-        if may_read(request, key):
-            raise
-        # A caller who may not read the key is not told whether it was there (auth.py).
+    # ObjectNotFound is answered 404, or 204 to a caller who may not read the key (auth.py).
+    await request.app[STORAGE].delete(key)
     return web.Response(status=204)
