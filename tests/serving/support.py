@@ -120,14 +120,17 @@ def alive(pid: int) -> bool:
 
 
 def exited(pid: int) -> bool:
-    """Whether ``pid`` has ended: gone, or a zombie (its files, sockets among them, are
-    closed by then). /proc/PID/fd of a process still ending may be unreadable while
-    its sockets are open, so an empty socket_inodes() does not tell."""
+    """Whether ``pid`` has ended with all its threads: gone, or a zombie left alone in
+    its thread group. A multi-threaded process's leader turns zombie as soon as its own
+    thread ends, while the others (an executor's) may still be ending, holding the
+    file table, sockets among them, that /proc/PID/fd no longer shows: so neither a
+    zombie leader nor an empty socket_inodes() tells that its listener is closed."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+        threads = len(os.listdir(f"/proc/{pid}/task"))
     except FileNotFoundError:
         return True
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X") and threads == 1
 
 
 def socket_inodes(pid: int) -> set[int]:
