@@ -30,6 +30,15 @@ these keys; S3 uses them as they are.
   it has started and not yet completed or aborted, so that others can abort those
   once it is dead; ``staging-<uuid>``, an object it assembled and has not yet copied
   to its key (s3.publish), which others remove once it is dead.
+- ``jobs/``: both backends; the durable job queue (proxy.jobs). Files are named by
+  the SHA-256 ``h`` of the job's key (the source object's key), never by the key.
+  ``records/<h2>/<h>.json`` is a job's record (state, progress, result, generation,
+  attempt; on S3 also the claim's lease), kept until the job is removed.
+  ``queue/<h>`` exists while the job is queued or running, so that looking for
+  work lists only those and never every finished job. Locally also ``lock``, flocked
+  for a moment around every read-modify-write of a record, and ``run/<h>``, flocked
+  by the process that runs the job for as long as it does (the kernel lets go when
+  the process dies); it is removed, under ``lock``, when the claim ends.
 """
 
 from __future__ import annotations
@@ -44,6 +53,11 @@ META = INTERNAL + "meta/"
 UPLOADS = INTERNAL + "uploads/"
 WRITERS = INTERNAL + "writers/"
 LOCKS = INTERNAL + "locks/"
+JOBS = INTERNAL + "jobs/"
+JOB_RECORDS = JOBS + "records/"
+JOB_QUEUE = JOBS + "queue/"
+JOB_RUN = JOBS + "run/"
+JOB_LOCK = JOBS + "lock"
 
 # The stripes under LOCKS, named by two hex digits of a key's hash (lock_key): few
 # enough to make at first use, enough that unrelated keys seldom wait for each other.
@@ -119,3 +133,27 @@ def writer_upload_key(writer_id: str, upload_id: str) -> str:
 def writer_staging_key(writer_id: str, name: str) -> str:
     """Where ``writer_id`` assembles one object before publishing it."""
     return writer_prefix(writer_id) + WRITER_STAGING + name
+
+
+def job_digest(key: str) -> str:
+    """The name of a job's files: its key's SHA-256, so any key gives a short name."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def job_record_key(key: str) -> str:
+    return job_record_key_of(job_digest(key))
+
+
+def job_record_key_of(digest: str) -> str:
+    """The record of the job whose ``job_digest`` is ``digest`` (a queue entry's name)."""
+    return f"{JOB_RECORDS}{digest[:2]}/{digest}.json"
+
+
+def job_queue_key(key: str) -> str:
+    """The entry that exists while the job ``key`` is queued or running."""
+    return JOB_QUEUE + job_digest(key)
+
+
+def job_run_key(key: str) -> str:
+    """Local only: the file flocked by the process running the job ``key``."""
+    return JOB_RUN + job_digest(key)

@@ -38,6 +38,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 from proxy.storage.base import StorageError
 from proxy.storage.resumable import UploadLocked, UploadState
@@ -45,6 +46,16 @@ from proxy.storage.s3.resumable.records import StateChanged, UploadRecords
 from proxy.streaming.cleanups import Cleanups
 
 log = logging.getLogger(__name__)
+
+
+def lease_lapsed(response: dict[str, Any], seconds: float) -> bool:
+    """Whether a lease of ``seconds`` written by the object a GetObject (or HeadObject)
+    ``response`` describes has run out, by the S3 server's clock (its Date and the
+    object's Last-Modified); the extra second covers Last-Modified's resolution.
+    Shared with the job claims (proxy.jobs.s3), which lease the same way."""
+    date = response["ResponseMetadata"]["HTTPHeaders"].get("date")
+    now = parsedate_to_datetime(date).timestamp() if date else time.time()
+    return bool(now >= response["LastModified"].timestamp() + seconds + 1)
 
 
 class Lease:
@@ -72,11 +83,8 @@ class Lease:
     async def acquire(self) -> UploadState:
         state, response = await self._records.read_state(self.upload_id)
         lease = state.backend.get("lease")
-        if lease is not None:
-            date = response["ResponseMetadata"]["HTTPHeaders"].get("date")
-            now = parsedate_to_datetime(date).timestamp() if date else time.time()
-            if now < response["LastModified"].timestamp() + float(lease["seconds"]) + 1:
-                raise UploadLocked(f"upload {self.upload_id} is being written to")
+        if lease is not None and not lease_lapsed(response, float(lease["seconds"])):
+            raise UploadLocked(f"upload {self.upload_id} is being written to")
         self.state = state
         async with self._mutex:
             written = await self._write(state)

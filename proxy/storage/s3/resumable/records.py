@@ -81,7 +81,7 @@ class UploadRecords:
         else:
             args["IfMatch"] = if_match.strip('"')  # RGW 16.2 only matches the bare ETag
         try:
-            response = await upstream(_conditional(self._client.put_object(**args)))
+            response = await upstream(conditional(self._client.put_object(**args)))
         except StateChanged:
             # botocore retries a write whose answer was lost, and the retry fails the
             # condition that the first attempt met: if what is stored is byte for byte
@@ -173,7 +173,9 @@ class UploadRecords:
         return [item["Key"] async for page in self._listing(prefix) for item in page.get("Contents", [])]
 
 
-async def _conditional(call: Awaitable[T]) -> T:
+async def conditional(call: Awaitable[T]) -> T:
+    """Await a conditional S3 write; StateChanged if its condition failed. Shared
+    with the job records (proxy.jobs.s3), which are written the same way."""
     try:
         return await call
     except ClientError as exc:
