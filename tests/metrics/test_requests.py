@@ -12,6 +12,7 @@ import socket
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -28,7 +29,7 @@ REQUESTS = "stream_proxy_http_requests_total"
 KEY_ROUTE = "/files/{key}"
 
 
-def local_config(tmp_path: Path, **server: object) -> Config:
+def local_config(tmp_path: Path, **server: Any) -> Config:
     storage = StorageConfig(backend="local", local=LocalConfig(root=tmp_path / "data"))
     return Config(replace(ServerConfig(), **server), storage)
 
@@ -63,8 +64,8 @@ async def test_requests_by_method_route_and_status(tmp_path: Path) -> None:
         ("other", "none", "405"): 1,  # no route takes that method
         ("GET", "/files", "200"): 1,
     }
-    for (method, route, status), count in counted.items():
-        assert delta(before, after, REQUESTS, method=method, route=route, status=status) == count
+    for (method, route, code), count in counted.items():
+        assert delta(before, after, REQUESTS, method=method, route=route, status=code) == count
     # The first scrape was counted too, once answered.
     assert delta(before, after, REQUESTS, method="GET", route="/metrics", status="200") == 1
     duration = "stream_proxy_http_request_duration_seconds_count"

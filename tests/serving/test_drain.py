@@ -24,7 +24,7 @@ TUS = {"Tus-Resumable": "1.0.0"}
 
 async def _create_tus_upload(port: int, length: int) -> str:
     name = base64.b64encode(b"resumed.bin").decode()
-    created = await request(port, "POST", "/uploads/", **TUS, **{"Upload-Length": str(length)},
+    created = await request(port, "POST", "/uploads/", b"", **TUS, **{"Upload-Length": str(length)},
                             **{"Upload-Metadata": f"filename {name}"})  # fmt: skip
     assert created.status == 201, created.body
     return created.headers["location"].rsplit("/", 1)[1]
@@ -116,7 +116,7 @@ async def _resume(port: int, tus_id: str, data: bytes, settings: dict[str, str],
     proc = await start_server(port, **settings)
     try:
         await wait_for_port(port)
-        head = await request(port, "HEAD", f"/uploads/{tus_id}", **TUS)
+        head = await request(port, "HEAD", f"/uploads/{tus_id}", b"", **TUS)
         assert head.status == 200
         offset = int(head.headers["upload-offset"])
         assert 7 * MiB <= offset < len(data)

@@ -61,7 +61,7 @@ async def test_two_workers_share_the_port_are_replaced_and_drain_together(tmp_pa
         assert workers[0] not in replaced and workers[1] in replaced
 
         # SIGTERM to the parent: an upload in flight on each worker finishes, then all exit 0.
-        uploads = []
+        uploads: list[tuple[Connection, bytes]] = []
         while {owner_of(port, c.local_port(), replaced) for c, _ in uploads} != set(replaced):
             assert len(uploads) < 16, "no connection reached one of the workers"
             connection = await Connection.open(port)

@@ -58,7 +58,9 @@ async def raw(
     client: TestClient[Any, Any], method: str, path: str, headers: dict[str, str] | None = None
 ) -> Raw:
     """One request on its own connection; the response is everything until EOF."""
-    return await raw_at(client.server.host, client.server.port, method, path, headers)
+    port = client.server.port
+    assert port is not None  # the test server is started
+    return await raw_at(client.server.host, port, method, path, headers)
 
 
 async def raw_at(host: str, port: int, method: str, path: str, headers: dict[str, str] | None = None) -> Raw:

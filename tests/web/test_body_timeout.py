@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from proxy.config import Config
+from proxy.config import ByteSize, Config
 from tests.conftest import Backend, MiB, wait_until
 from tests.web.served import Answer, assert_json_error, closed_within, read_answer, request_on, served
 
@@ -180,7 +180,7 @@ async def test_a_stalled_tus_creation_with_upload_is_408(http_backend: Backend, 
 async def test_a_slow_body_that_keeps_coming_is_not_cut_off(http_backend: Backend, proxy_client: Any) -> None:
     # The stall timeout alone: 2.5 bytes a second is below any minimum rate (test_body_pace.py).
     config = timed(http_backend, 1.0)
-    config = replace(config, server=replace(config.server, body_min_rate=0))
+    config = replace(config, server=replace(config.server, body_min_rate=ByteSize(0)))
     client = await proxy_client(config, http_backend.app_backend)
     reader, writer = await asyncio.open_connection(client.host, client.port)
     writer.write(b"PUT /files/slow.bin HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")

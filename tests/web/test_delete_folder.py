@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.s3.models import s3_backends
 
 from proxy.config import Config, ServerConfig, StorageConfig, TokenConfig
@@ -187,6 +187,7 @@ async def test_a_grant_on_part_of_the_folder_is_refused_the_whole(
     config = auth_config(http_backend.config)
     # A token that may delete under other/b/ only (and nothing else).
     part = TokenConfig(name="part", sha256=hash_secret(PART_SECRET), grants=("delete:other/b/",))
+    assert config.auth is not None
     config = replace(config, auth=replace(config.auth, tokens=(*config.auth.tokens, part)))
     client = await proxy_client(config, http_backend.app_backend)
     await put_all(client, NARROW + INSIDE, bearer("full"))

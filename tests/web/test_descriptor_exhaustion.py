@@ -83,7 +83,7 @@ async def test_out_of_descriptors_is_503_and_passes(backend: Backend) -> None:
         await wait_until(lambda: any(words in line for line in lines for words in accept_failed), 20)
 
         # Requests that need a descriptor, on the connections the server has: 503.
-        answers: list[Answer] = await asyncio.gather(
+        answers: tuple[Answer, ...] = await asyncio.gather(
             request_on(*kept[0], "GET", "/files/obj.bin"),
             request_on(*kept[1], "PUT", "/files/new.bin", b"new bytes"),
             request_on(*kept[2], "GET", "/files/obj.bin"),

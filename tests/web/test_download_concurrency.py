@@ -34,7 +34,8 @@ async def fetch(session: aiohttp.ClientSession, path: str, header: dict[str, str
                 await asyncio.sleep(0.002)
         if "multipart/byteranges" in response.headers["Content-Type"]:
             return b"".join(
-                part for _, part in parse_byteranges(Raw(response.status, response.headers.copy(), body))
+                part
+                for _, part in parse_byteranges(Raw(response.status, response.headers.copy(), bytes(body)))
             )
         return bytes(body)
 

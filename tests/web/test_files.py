@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from proxy.config import ByteSize
 from tests.conftest import Backend, MiB, wait_until
 
 PART = 6 * MiB
@@ -235,7 +236,9 @@ async def test_post_bad_filename(http_backend: Backend, proxy_client: Any) -> No
 async def test_put_over_max_upload_bytes(backend: Backend, proxy_client: Any, chunked: bool) -> None:
     from dataclasses import replace
 
-    config = replace(backend.config, server=replace(backend.config.server, max_upload_bytes=PART + 100))
+    config = replace(
+        backend.config, server=replace(backend.config.server, max_upload_bytes=ByteSize(PART + 100))
+    )
     client = await proxy_client(config)
     data = payload(2 * PART)
     response = await client.put("/files/big.bin", data=chunks_of(data) if chunked else data)
@@ -253,7 +256,7 @@ async def test_put_over_max_upload_bytes(backend: Backend, proxy_client: Any, ch
 async def test_post_over_max_upload_bytes(backend: Backend, proxy_client: Any, chunked: bool) -> None:
     from dataclasses import replace
 
-    config = replace(backend.config, server=replace(backend.config.server, max_upload_bytes=PART))
+    config = replace(backend.config, server=replace(backend.config.server, max_upload_bytes=ByteSize(PART)))
     client = await proxy_client(config)
     response = await client.post(
         "/files", data=form([("a", payload(PART // 2), ""), ("b", payload(PART), "")]), chunked=chunked

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from proxy.config import Config, ServerConfig
+from proxy.config import ByteSize, Config, ServerConfig
 from proxy.storage.expiry import sweep
 from proxy.web.settings import UPLOADS
 from tests.conftest import Backend, MiB, wait_until
@@ -78,7 +78,7 @@ async def test_options_advertises_the_protocol(http_backend: Backend, proxy_clie
 
 
 async def test_max_size_is_advertised_and_enforced(backend: Backend, proxy_client: Any) -> None:
-    config = replace(backend.config, server=ServerConfig(max_upload_bytes=1000))
+    config = replace(backend.config, server=ServerConfig(max_upload_bytes=ByteSize(1000)))
     client = await proxy_client(config)
     assert (await client.options("/uploads/")).headers["Tus-Max-Size"] == "1000"
     response = await client.post("/uploads/", headers={**TUS, "Upload-Length": "1001"})
@@ -312,7 +312,7 @@ async def test_termination_leaves_nothing(backend: Backend, proxy_client: Any) -
 
 def _small_parts(backend: Backend) -> Any:
     storage = backend.config.storage
-    return replace(storage, s3=replace(storage.s3, part_size=5 * MiB))
+    return replace(storage, s3=replace(storage.s3, part_size=ByteSize(5 * MiB)))
 
 
 async def test_expired_uploads_are_refused_and_swept(backend: Backend, proxy_client: Any) -> None:

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from proxy.rules.keys import INTERNAL_PREFIX
 from proxy.storage import layout
 from proxy.storage.base import ObjectNotFound
 from proxy.storage.local.objects import LocalStorage
@@ -173,7 +174,7 @@ async def test_lock_files_outlive_deletes_that_prune_the_metadata(storage: Local
     for key in keys:
         await storage.delete(key)
     root = storage.root
-    assert [p.name for p in root.iterdir()] == [layout.INTERNAL_PREFIX]
+    assert [p.name for p in root.iterdir()] == [INTERNAL_PREFIX]
     assert list((root / layout.META).iterdir()) == []  # every metadata shard pruned
     # One file per stripe used, each still there to lock.
     locks = sorted(p.name for p in (root / layout.LOCKS).iterdir())

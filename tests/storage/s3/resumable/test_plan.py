@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -115,7 +117,7 @@ def test_parts_stay_valid_and_within_max_parts(
 
 
 def test_a_leftover_that_would_need_too_many_parts_stays_a_tail() -> None:
-    decide = {"part_size": SIX, "growing": False, "max_parts": 10}
+    decide: dict[str, Any] = {"part_size": SIX, "growing": False, "max_parts": 10}
     # 10 parts of 6 MiB: a 5 MiB part now would leave 55 MiB for 9 parts of 6 MiB.
     length = 60 * MiB
     assert not leftover_is_part(buffered=PART, number=1, length=length, end=PART, **decide)
