@@ -35,10 +35,10 @@ from proxy.jobs.claims import HeldClaim
 from proxy.jobs.records import Record
 from proxy.storage import layout
 from proxy.storage.base import ObjectNotFound, UpstreamError
-from proxy.storage.s3.errors import quoted_etag, upstream
+from proxy.storage.s3.conditional import StateChanged, read_record, write_record
+from proxy.storage.s3.errors import upstream
 from proxy.storage.s3.objects import S3Storage
 from proxy.storage.s3.resumable.lease import lease_lapsed
-from proxy.storage.s3.resumable.records import StateChanged, conditional
 
 # How often enqueue re-reads and retries when others keep changing the record.
 ENQUEUE_TRIES = 10
@@ -60,44 +60,17 @@ class _Bucket:
 
     async def read(self, object_key: str) -> tuple[Record, str, dict[str, Any]] | None:
         """The record, its ETag and the GetObject answer (its dates time a lease)."""
-        try:
-            response = await upstream(
-                self._client.get_object(Bucket=self._name, Key=object_key), key=object_key
-            )
-        except ObjectNotFound:
+        found = await read_record(self._client, self._name, object_key)
+        if found is None:
             return None
-        stream = response["Body"]
-        try:
-            data: bytes = await upstream(stream.read())
-        finally:
-            stream.close()
-        return Record.from_json(data), quoted_etag(response["ETag"]), response
+        data, etag, response = found
+        return Record.from_json(data), etag, response
 
     async def write(self, record: Record, if_match: str | None) -> str:
         """Write ``record`` if the stored one is still ``if_match`` (None: if there is
         none); its new ETag, or StateChanged."""
-        object_key = layout.job_record_key(record.job.key)
-        body = record.to_json()
-        args: dict[str, Any] = {
-            "Bucket": self._name,
-            "Key": object_key,
-            "Body": body,
-            "ContentType": "application/json",
-        }
-        if if_match is None:
-            args["IfNoneMatch"] = "*"
-        else:
-            args["IfMatch"] = if_match.strip('"')  # RGW 16.2 only matches the bare ETag
-        try:
-            response = await upstream(conditional(self._client.put_object(**args)))
-        except StateChanged:
-            # botocore retried a write whose answer was lost and the retry failed the
-            # condition the first attempt met: if what is stored is what we sent, it is ours.
-            stored = await self.read(object_key)
-            if stored is None or stored[0].to_json() != body:
-                raise
-            return stored[1]
-        return quoted_etag(response["ETag"])
+        key = layout.job_record_key(record.job.key)
+        return await write_record(self._client, self._name, key, record.to_json(), if_match=if_match)
 
     async def delete(self, object_key: str) -> None:
         await upstream(self._client.delete_object(Bucket=self._name, Key=object_key))

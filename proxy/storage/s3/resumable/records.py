@@ -1,14 +1,9 @@
 """The objects a resumable upload keeps in the bucket (storage.layout): its state,
 written only conditionally, and its tails, the bytes that do not yet fill a part.
 
-Every write of the state object is conditional: the first with ``If-None-Match: *``,
-every other with ``If-Match`` on the ETag the writer last read or wrote. A state is
-therefore only ever replaced by a writer that saw the version it replaces; of two
-writers starting from one version, one gets StateChanged and writes nothing. (ETags
-are content hashes, so a state rewritten with identical bytes matches again; that is
-harmless, since the reader's copy is then exact, and every write made under a lease
-carries a fresh nonce, so no two of those are ever identical.) Removing the state
-object is unconditional (S3 servers such as RGW 16.2 do not support conditional
+Every write of the state object is conditional (s3.conditional), and every write
+made under a lease carries a fresh nonce, so no two of those are ever identical.
+Removing the state object is unconditional (S3 servers such as RGW 16.2 do not support conditional
 deletes), so it is done only under the lease.
 """
 
@@ -16,29 +11,20 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
-
-from botocore.exceptions import ClientError
+from collections.abc import AsyncIterator
+from typing import Any
 
 from proxy.storage import layout
 from proxy.storage.base import ObjectNotFound, StorageError, UpstreamError
 from proxy.storage.resumable import UploadNotFound, UploadState
-from proxy.storage.s3.errors import error_code, quoted_etag, upstream
+from proxy.storage.s3.conditional import StateChanged as StateChanged
+from proxy.storage.s3.conditional import read_record, write_record
+from proxy.storage.s3.errors import upstream
 from proxy.storage.s3.objects import READ_CHUNK, S3Storage
 from proxy.storage.s3.resumable.plan import PartLayout
 from proxy.streaming.part_buffer import PartBuffer
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-# A conditional write found another version, or none (RGW answers a missing
-# object's If-Match with 412, moto with 404); AWS answers 409 to a concurrent one.
-_CONFLICT_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "NoSuchKey", "404"}
-
-
-class StateChanged(Exception):
-    """A conditional write of the state found a version other than the expected one."""
 
 
 class UploadRecords:
@@ -58,42 +44,17 @@ class UploadRecords:
     async def read_state(self, upload_id: str) -> tuple[UploadState, dict[str, Any]]:
         """The stored state, with its ETag as ``version``, and the GetObject answer
         (its dates time a lease); UploadNotFound if there is none."""
-        key = layout.upload_state_key(upload_id)
-        try:
-            response = await upstream(self._client.get_object(Bucket=self._bucket, Key=key), key=key)
-        except ObjectNotFound:
-            raise UploadNotFound(upload_id) from None
-        data = await upstream(_read_all(response["Body"]))
-        return UploadState.from_json(data, version=quoted_etag(response["ETag"])), response
+        found = await read_record(self._client, self._bucket, layout.upload_state_key(upload_id))
+        if found is None:
+            raise UploadNotFound(upload_id)
+        data, etag, response = found
+        return UploadState.from_json(data, version=etag), response
 
     async def put_state(self, state: UploadState, *, if_match: str | None) -> str:
         """Write ``state`` if the stored one is still ``if_match`` (None: if there is
         none); returns the new ETag, or raises StateChanged."""
-        body = state.to_json()
-        args: dict[str, Any] = {
-            "Bucket": self._bucket,
-            "Key": layout.upload_state_key(state.id),
-            "Body": body,
-            "ContentType": "application/json",
-        }
-        if if_match is None:
-            args["IfNoneMatch"] = "*"
-        else:
-            args["IfMatch"] = if_match.strip('"')  # RGW 16.2 only matches the bare ETag
-        try:
-            response = await upstream(conditional(self._client.put_object(**args)))
-        except StateChanged:
-            # botocore retries a write whose answer was lost, and the retry fails the
-            # condition that the first attempt met: if what is stored is byte for byte
-            # what we sent (every locked write carries a fresh nonce), it is ours.
-            try:
-                stored, _ = await self.read_state(state.id)
-            except UploadNotFound:
-                raise StateChanged from None
-            if stored.to_json() != body or stored.version is None:
-                raise
-            return stored.version
-        return quoted_etag(response["ETag"])
+        key = layout.upload_state_key(state.id)
+        return await write_record(self._client, self._bucket, key, state.to_json(), if_match=if_match)
 
     async def delete_state(self, upload_id: str) -> None:
         await upstream(
@@ -171,25 +132,6 @@ class UploadRecords:
 
     async def _keys(self, prefix: str) -> list[str]:
         return [item["Key"] async for page in self._listing(prefix) for item in page.get("Contents", [])]
-
-
-async def conditional(call: Awaitable[T]) -> T:
-    """Await a conditional S3 write; StateChanged if its condition failed. Shared
-    with the job records (proxy.jobs.s3), which are written the same way."""
-    try:
-        return await call
-    except ClientError as exc:
-        if error_code(exc) in _CONFLICT_CODES:
-            raise StateChanged from exc
-        raise
-
-
-async def _read_all(stream: Any) -> bytes:
-    try:
-        data: bytes = await stream.read()  # a state: a few hundred bytes
-        return data
-    finally:
-        stream.close()
 
 
 async def _read_into(stream: Any, buf: PartBuffer) -> None:
