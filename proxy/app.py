@@ -42,19 +42,30 @@ def create_app(config: Config, backend: Backend | None = None) -> web.Applicatio
     app.on_response_prepare.append(add_common_headers)
     app.on_response_prepare.append(cors.add_cors_headers)
     app.cleanup_ctx.append(_backend_lifecycle)
-    add_routes(app, serve_metrics=config.server.metrics, serve_page=config.server.web_ui)
+    add_routes(
+        app,
+        serve_metrics=config.server.metrics,
+        serve_page=config.server.web_ui,
+        serve_videos=app[settings.VIDEOS] is not None,
+    )
     return app
 
 
 async def _backend_lifecycle(app: web.Application) -> AsyncIterator[None]:
     backend = app[settings.BACKEND]
+    videos = app[settings.VIDEOS]
     await backend.start()
     sweeper = asyncio.create_task(sweep_forever(backend.uploads, app[settings.SWEEP_INTERVAL]))
     try:
+        if videos is not None:
+            await videos.start()  # and its job loop, unless video.jobs is false
         yield
     finally:
         sweeper.cancel()
         # Whatever the sweeper ended with, what was opened is closed.
         with contextlib.suppress(BaseException):
             await sweeper
+        if videos is not None:
+            # Before the backend: running jobs are stopped and their claims released.
+            await videos.close()
         await backend.close()

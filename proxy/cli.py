@@ -1,7 +1,8 @@
 """Command line: ``stream-proxy serve [--config PATH] [--host H] [--port P]
-[--workers N]``, and the access control helpers: ``token new``, ``signing-key new``
-and ``sign``. Serving itself (one process or several, and the drain) is in
-proxy/serving/.
+[--workers N]``, ``stream-proxy worker [--config PATH]`` (video jobs only, no
+listener), and the access control helpers: ``token new``, ``signing-key new`` and
+``sign``. Serving itself (one process or several, and the drain) and the worker are
+in proxy/serving/.
 
 Whatever a user can get wrong at start (a bad setting, a port in use, a storage root
 that cannot be made, no access control on a public address) is one line on stderr
@@ -17,6 +18,7 @@ import json
 import socket
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from proxy.rules.grants import Action, InvalidGrant, parse_grant
 from proxy.rules.keys import InvalidKey, validate_key, validate_list_prefix
 from proxy.rules.signatures import SignedGrant, is_key_id, new_signing_secret, signed_url
 from proxy.rules.tokens import hash_secret, is_token_name, new_secret
-from proxy.serving import StartError, process, workers
+from proxy.serving import StartError, process, worker, workers
 
 NO_AUTH = (
     "refusing to serve on {host} with no access control: add an [auth] section with tokens "
@@ -51,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=None, help="overrides server.workers")
     # A child of `serve --workers N` (proxy/serving/workers.py), given its parent's pid.
     serve.add_argument("--worker-of", type=int, default=None, help=argparse.SUPPRESS)
+    jobs = commands.add_parser("worker", help="run video jobs only, with no HTTP listener")
+    jobs.add_argument("--config", type=Path, default=None, help="TOML config file")
     _add_auth_commands(commands)
     args = parser.parse_args(argv)
     try:
@@ -61,12 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sign":
             return _sign(args)
         config = load_config(args.config)
-        if args.workers is not None and args.workers < 1:
+        if args.command == "serve" and args.workers is not None and args.workers < 1:
             raise UsageError(f"--workers: at least 1, got {args.workers}")
     except (ConfigError, UsageError) as exc:
         print(f"stream-proxy: {exc}", file=sys.stderr)
         return 2
     logs.configure(config.log)
+    if args.command == "worker":
+        return _run(worker.work(config))
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
     count = config.server.workers if args.workers is None else args.workers
@@ -79,6 +85,17 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(workers.supervise(args.config, host, port, count))
         else:
             asyncio.run(process.serve(config, host, port))
+    except StartError as exc:
+        print(f"stream-proxy: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass  # before the signal handlers were set
+    return 0
+
+
+def _run(main: Coroutine[Any, Any, None]) -> int:
+    try:
+        asyncio.run(main)
     except StartError as exc:
         print(f"stream-proxy: {exc}", file=sys.stderr)
         return 2

@@ -164,6 +164,40 @@ class LogConfig:
     access: bool = True
 
 
+# -- video jobs ([video]): info, poster and HLS renditions of uploaded videos, made by
+# ffmpeg in durable jobs kept in the backend (proxy/video/, proxy/jobs/).
+@dataclass(frozen=True)
+class VideoConfig:
+    # false: no jobs are queued, /videos/ answers 404 and the page plays originals.
+    # Also off (one warning at start) when ffmpeg or ffprobe cannot be found.
+    enabled: bool = True
+    # Whether `serve` runs the job loop too; false leaves jobs to `stream-proxy worker`
+    # processes (other machines), while uploads still queue them.
+    jobs: bool = True
+    # Jobs one process runs at once (each is an ffmpeg using a core or more).
+    max_jobs: int = 1
+    # The programs, by name (looked up in PATH) or path.
+    ffmpeg: str = "ffmpeg"
+    ffprobe: str = "ffprobe"
+    # Seconds of video per HLS segment (segments start at key frames: about this).
+    segment_seconds: float = 4.0
+    # Extra rendition heights (e.g. [360, 720]), never above the source's.
+    ladder: tuple[int, ...] = ()
+    # Seconds one job's ffmpeg work may take before it fails as timed out.
+    time_limit: float = 3600.0
+    # Where a job's temporary files go ("": the system's temporary directory).
+    temp_dir: Path | None = None
+    # Bytes of temporary files one job may hold; past it the job fails.
+    max_temp: ByteSize = ByteSize(GiB)
+    # Niceness of ffmpeg and ffprobe, so that serving stays responsive (0-19).
+    nice: int = 10
+    # Seconds a process's claim on a job lasts unless renewed: a job whose process
+    # died is taken over by another after at most this long.
+    lease: float = 30.0
+    # Seconds between looks for queued jobs (a local upload wakes its process at once).
+    poll_interval: float = 2.0
+
+
 # -- access control ([auth]): with no such section the server is open, and serves only
 # on a loopback address (proxy/cli.py); with one, every request is checked.
 @dataclass(frozen=True)
@@ -211,6 +245,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     tus: TusConfig = field(default_factory=TusConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
     auth: AuthConfig | None = None  # None: no [auth] section
 
 
@@ -305,6 +340,7 @@ def _validate(config: Config) -> None:
         (tus.sweep_interval > 0, "tus.sweep_interval: must be positive"),
         (tus.lock_lease >= 1, "tus.lock_lease: must be at least 1 second"),
     ]
+    checks += _video_checks(config.video)
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
@@ -329,3 +365,30 @@ def _validate(config: Config) -> None:
             check_auth(config.auth)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+
+
+# Rendition heights: even (H.264 with 4:2:0 needs it), from 144p up to 8K.
+MIN_HEIGHT, MAX_HEIGHT = 144, 4320
+
+
+def _video_checks(video: VideoConfig) -> list[tuple[bool, str]]:
+    bad_heights = [h for h in video.ladder if h % 2 or not MIN_HEIGHT <= h <= MAX_HEIGHT]
+    return [
+        (video.max_jobs >= 1, "video.max_jobs: must be at least 1"),
+        (bool(video.ffmpeg.strip()), "video.ffmpeg: must name a program"),
+        (bool(video.ffprobe.strip()), "video.ffprobe: must name a program"),
+        (
+            1 <= video.segment_seconds <= 60,
+            f"video.segment_seconds: must be 1-60, got {video.segment_seconds:g}",
+        ),
+        (
+            not bad_heights,
+            f"video.ladder: heights must be even and {MIN_HEIGHT}-{MAX_HEIGHT}, got {bad_heights[:1]}",
+        ),
+        (len(set(video.ladder)) == len(video.ladder), "video.ladder: a height is listed twice"),
+        (video.time_limit > 0, "video.time_limit: must be positive"),
+        (video.max_temp >= 16 * MiB, "video.max_temp: must be at least 16 MiB"),
+        (0 <= video.nice <= 19, f"video.nice: must be 0-19, got {video.nice}"),
+        (video.lease >= 2, "video.lease: must be at least 2 seconds"),
+        (video.poll_interval > 0, "video.poll_interval: must be positive"),
+    ]

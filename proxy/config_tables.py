@@ -174,6 +174,12 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
             if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
                 raise ValueError(f"expected a list of strings, got {value!r}")
             return tuple(i.strip() for i in items if i.strip() or not isinstance(value, str))
+        if target == tuple[int, ...]:
+            # A TOML list of whole numbers, or from the environment "360,720".
+            items = [i for i in value.split(",") if i.strip()] if isinstance(value, str) else value
+            if not isinstance(items, list | tuple):
+                raise ValueError(f"expected a list of whole numbers, got {value!r}")
+            return tuple(_coerce(int, i, name) for i in items)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{name}: {exc}") from None
     raise ConfigError(f"{name}: unsupported setting type {hint!r}")

@@ -173,11 +173,16 @@ class LocalView(StoreView):
 
     def keys(self) -> list[str]:
         internal = self.root / layout.INTERNAL
-        return sorted(
-            str(p.relative_to(self.root))
-            for p in self.root.rglob("*")
-            if p.is_file() and internal not in p.parents
-        )
+        for _ in range(100):
+            try:
+                return sorted(
+                    str(p.relative_to(self.root))
+                    for p in self.root.rglob("*")
+                    if p.is_file() and internal not in p.parents
+                )
+            except FileNotFoundError:
+                continue  # a directory removed under the walk (a server still deleting): look again
+        raise AssertionError("the directory kept changing under the walk")
 
     def leftovers(self) -> list[str]:
         """Temporary files by name, and resumable upload directories as ``upload <id>``."""

@@ -128,6 +128,16 @@ class FileBacked(Protocol):
         ...
 
 
+@runtime_checkable
+class Presigned(Protocol):
+    """A backend that can hand out a URL another program (ffmpeg) reads an object by."""
+
+    async def presigned_read(self, key: str, *, expires: int) -> str:
+        """A GET URL for ``key`` valid for ``expires`` seconds; a reader sends
+        ``If-Match`` with the ETag it wants, so it never reads another version."""
+        ...
+
+
 class BodyRelay(Protocol):
     """A read whose answer has arrived: its body waits on a connection of its own."""
 

@@ -7,6 +7,7 @@ they ask for: each route declares its resource (``guard``, from routes.py), and 
 method picks the action and the key or prefix it needs (proxy/rules/grants.py):
 
 - an object: GET/HEAD ``read``, PUT ``write``, DELETE ``delete`` on its key;
+- an object's video (/videos/): GET ``read``, POST ``read`` and ``write``, DELETE ``delete`` on its key;
 - a folder: POST ``write`` on every key under its prefix, DELETE (or a POST with
   X-HTTP-Method-Override: DELETE) ``delete`` on every key under it; the listing: ``list``;
 - tus: a creation needs ``write`` on the key the upload will have, fixed here from its
@@ -245,6 +246,14 @@ async def _check(request: web.Request, kind: Resource, who: Identity, *, open_: 
             # Each part's type is known only as the body is read: too late to refuse it.
             raise ApiError(403, "forbidden", "this URL allows one content type: upload with PUT or tus")
         _within_limits(who.signature, request.content_length, None, None)
+    elif kind is Resource.VIDEO:
+        key = request.match_info["key"]
+        action = {"POST": Action.WRITE, "DELETE": Action.DELETE}.get(method, Action.READ)
+        _require(who.may(action, key), who, action, key)
+        if action is Action.WRITE:
+            # A (re)made video is read from the object, and a missing object is told
+            # (404): asking needs read as well, so write alone learns nothing.
+            _require(who.may(Action.READ, key), who, Action.READ, key)
     elif kind is Resource.UPLOADS:
         request[_CREATION] = _creation(request, who)
     elif kind is Resource.METRICS:

@@ -14,7 +14,7 @@ from proxy.rules.keys import sanitize_filename, validate_key, validate_prefix
 from proxy.streaming.bodies import BodyTooLarge, limited
 from proxy.web.errors import ApiError, to_api_error
 from proxy.web.requests import body_wait, object_key, request_chunks, within_upload_limit
-from proxy.web.settings import MAX_UPLOAD, STORAGE
+from proxy.web.settings import MAX_UPLOAD, STORAGE, VIDEOS
 
 READ_CHUNK = 256 * 1024
 # Parsing a part costs far more than its bytes: thousands of tiny fields must not
@@ -74,6 +74,9 @@ async def put_file(request: web.Request) -> web.Response:
         content_type=content_type_for(request.headers.get("Content-Type"), key),
         size=request.content_length,
     )
+    videos = request.app[VIDEOS]
+    if videos is not None:
+        await videos.after_upload(info)  # a job if it is media; never fails the upload
     return web.json_response(info.as_json(), status=201)
 
 
@@ -84,7 +87,7 @@ async def post_files(request: web.Request) -> web.Response:
         reader = await request.multipart()
     except MULTIPART_ERRORS as exc:
         raise bad_multipart(exc) from None
-    storage = request.app[STORAGE]
+    storage, videos = request.app[STORAGE], request.app[VIDEOS]
     stored: list[dict[str, object]] = []
     # One limit for all the parts of the body, fields as well as files.
     limit = request.app[MAX_UPLOAD]
@@ -107,6 +110,8 @@ async def post_files(request: web.Request) -> web.Response:
             )
             used += info.size
             stored.append(info.as_json())
+            if videos is not None:
+                await videos.after_upload(info)
     except Exception as exc:
         # Files before the failing one are complete objects and stay: say which.
         api = to_api_error(exc)
@@ -140,4 +145,7 @@ async def delete_file(request: web.Request) -> web.Response:
     key = object_key(request)
     # ObjectNotFound is answered 404, or 204 to a caller who may not read the key (auth.py).
     await request.app[STORAGE].delete(key)
+    videos = request.app[VIDEOS]
+    if videos is not None:
+        await videos.after_delete(key)  # its job and derived files go too
     return web.Response(status=204)

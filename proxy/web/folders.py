@@ -38,6 +38,9 @@ def folder_prefix(request: web.Request) -> str:
 
 async def delete_folder(request: web.Request) -> web.Response:
     prefix = folder_prefix(request)
+    # Videos' derived files (K.video/) are under the folder too, so they go with it;
+    # the job records of keys under it are removed when next looked at (GET /videos/
+    # and the job runner remove a job whose source is gone), not listed here.
     try:
         deleted = await request.app[STORAGE].delete_prefix(prefix)
     except DeleteIncomplete as exc:

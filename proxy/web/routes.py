@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.web import downloads, files, folders, health, listing, metrics, page, tus
+from proxy.web import downloads, files, folders, health, listing, metrics, page, tus, videos
 from proxy.web.admission import expect_continue
 from proxy.web.auth import SIGNED_BASE, deletes_folder, guard
 from proxy.web.metrics import noting_route
@@ -22,10 +22,14 @@ KEY_ROUTE = r"/files/{key:[\s\S]+}"
 PREFIX_ROUTE = r"/files/{prefix:[\s\S]+/}"
 
 
-def add_routes(app: web.Application, *, serve_metrics: bool = True, serve_page: bool = True) -> None:
+def add_routes(
+    app: web.Application, *, serve_metrics: bool = True, serve_page: bool = True, serve_videos: bool = True
+) -> None:
     for base in ("", SIGNED_BASE):
         _add_file_routes(app, base)
         _add_tus_routes(app, base)
+        if serve_videos:
+            _add_video_routes(app, base)
         if serve_page:
             _add_page_routes(app, base)
     _add_operator_routes(app, serve_metrics)
@@ -111,3 +115,13 @@ def _add_tus_routes(app: web.Application, base: str) -> None:
     upload.add_route("DELETE", endpoint(tus.terminate))
     upload.add_route("POST", endpoint(tus.method_override), expect_handler=body_checks)
     guard(app, upload, Resource.UPLOAD)
+
+
+def _add_video_routes(app: web.Application, base: str) -> None:
+    # With video off there are none: /videos/ is then 404 JSON as any unknown path, and
+    # the page plays the original.
+    video = app.router.add_resource(base + videos.BASE + r"/{key:[\s\S]+}")
+    video.add_route("GET", videos.get_video)
+    video.add_route("POST", videos.post_video)
+    video.add_route("DELETE", videos.delete_video)
+    guard(app, video, Resource.VIDEO)

@@ -20,6 +20,8 @@ from proxy.storage.backend import Backend
 from proxy.storage.base import Storage
 from proxy.storage.readiness import Readiness
 from proxy.storage.resumable import ResumableStore
+from proxy.video.service import VideoService
+from proxy.video.setup import video_service
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class Resource(Enum):
     HEALTH = "health"  # /livez, /readyz: open to all, as probes carry no credentials
     METRICS = "metrics"  # /metrics: list on every key (a grant "list:")
     PAGE = "page"  # /, /watch, /static/...: the web page's files, open to all (it asks for a token)
+    VIDEO = "video"  # /videos/{key}: GET reads, POST writes, DELETE deletes the key's video
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,8 @@ RESOURCES: web.AppKey[dict[web.AbstractResource, Resource]] = web.AppKey("resour
 UPLOAD_OWNERS: web.AppKey[OrderedDict[str, tuple[str | None, str]]] = web.AppKey("upload_owners", OrderedDict)
 # Origins whose pages may call this server from script (auth.cors_origins; cors.py).
 CORS_ORIGINS: web.AppKey[tuple[str, ...]] = web.AppKey("cors_origins", tuple)
+# Video jobs (proxy/video/): None when video is off (no hooks run, /videos/ is 404).
+VIDEOS: web.AppKey[VideoService | None] = web.AppKey("videos")
 
 
 def install(app: web.Application, config: Config, backend: Backend) -> None:
@@ -156,3 +161,4 @@ def install(app: web.Application, config: Config, backend: Backend) -> None:
     # Pages that may call this server from script (auth.cors_origins) may also write.
     cors_origins = config.auth.cors_origins if config.auth is not None else ()
     app[ALLOWED_ORIGINS] = config.server.allowed_origins + cors_origins
+    app[VIDEOS] = video_service(config, backend.objects, run_jobs=config.video.jobs)

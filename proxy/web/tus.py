@@ -35,11 +35,12 @@ from proxy.rules.tus import (
     parse_uint,
     upload_location,
 )
+from proxy.storage.base import ObjectInfo
 from proxy.storage.resumable import UPLOAD_ID, UploadBody, UploadNotFound, UploadState
 from proxy.web.auth import upload_creation, url_credential
 from proxy.web.errors import ApiError, Handler, to_api_error
 from proxy.web.requests import request_chunks
-from proxy.web.settings import TUS, UPLOADS, TusSettings
+from proxy.web.settings import TUS, UPLOADS, VIDEOS, TusSettings
 
 BASE = "/uploads"
 
@@ -241,6 +242,7 @@ async def _write(request: web.Request, upload_id: str, *, offset: int) -> Upload
     store = request.app[UPLOADS]
     checksum = parse_checksum(request.headers.get("Upload-Checksum"))
     declared = parse_uint(request.headers.get("Upload-Length"), "Upload-Length")
+    published: ObjectInfo | None = None
     async with store.lock(upload_id) as state:
         _check_live(state)
         if offset != state.offset:
@@ -274,9 +276,12 @@ async def _write(request: web.Request, upload_id: str, *, offset: int) -> Upload
         else:
             state = await store.save(state)
         if state.complete:
-            await store.finish(state)
+            published = await store.finish(state)
             state = replace(state, done=True)
-        return state
+    videos = request.app[VIDEOS]
+    if published is not None and videos is not None:
+        await videos.after_upload(published)  # after the lock: a job if it is media
+    return state
 
 
 async def terminate(request: web.Request) -> web.Response:

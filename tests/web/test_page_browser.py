@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -23,6 +24,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from proxy.config import VideoConfig
 from proxy.rules.grants import Action
 from proxy.storage.base import Storage
 from tests.conftest import Backend, backend_for, require, wait_until
@@ -249,8 +251,8 @@ async def test_player_plays_and_seeks(
 ) -> None:
     require(name in videos, f"this ffmpeg cannot make {name}")
     key = f"videos/{name}"
-    log = PageLog(allowed=[(404, "/videos/")])  # no HLS renditions on this server yet
-    async with serve(local.config) as served:
+    log = PageLog(allowed=[(404, "/videos/")])  # video off: no HLS renditions, the original plays
+    async with serve(replace(local.config, video=VideoConfig(enabled=False))) as served:
         async with aiohttp.ClientSession() as session:
             content_type = "video/mp4" if name.endswith(".mp4") else "video/webm"
             data = videos[name].read_bytes()

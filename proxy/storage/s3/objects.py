@@ -208,6 +208,15 @@ class S3Storage:
             READS_RELAYED.inc()
         return opened
 
+    async def presigned_read(self, key: str, *, expires: int) -> str:
+        validate_key(key)
+        # Signed here, no call made: the URL names the endpoint and carries a signature,
+        # so it goes only to a child process of ours, never into an answer or the log.
+        url: str = await self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
+        )
+        return url
+
     async def delete(self, key: str) -> None:
         await self.stat(key)
         self._recent.forget(key)
