@@ -68,40 +68,35 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve" and args.workers is not None and args.workers < 1:
             raise UsageError(f"--workers: at least 1, got {args.workers}")
     except (ConfigError, UsageError) as exc:
-        print(f"stream-proxy: {exc}", file=sys.stderr)
-        return 2
+        return _refused(exc)
     logs.configure(config.log)
     if args.command == "worker":
         return _run(worker.work(config))
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
     count = config.server.workers if args.workers is None else args.workers
-    try:
-        if config.auth is None and not _is_loopback(host):
-            raise StartError(NO_AUTH.format(host=host or "every address"))
-        if args.worker_of is not None:
-            asyncio.run(process.serve(config, host, port, reuse_port=True, parent=args.worker_of))
-        elif count > 1:
-            return asyncio.run(workers.supervise(args.config, host, port, count))
-        else:
-            asyncio.run(process.serve(config, host, port))
-    except StartError as exc:
-        print(f"stream-proxy: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        pass  # before the signal handlers were set
-    return 0
+    if config.auth is None and not _is_loopback(host):
+        return _refused(StartError(NO_AUTH.format(host=host or "every address")))
+    if args.worker_of is not None:
+        return _run(process.serve(config, host, port, reuse_port=True, parent=args.worker_of))
+    if count > 1:
+        return _run(workers.supervise(args.config, host, port, count))
+    return _run(process.serve(config, host, port))
 
 
-def _run(main: Coroutine[Any, Any, None]) -> int:
+def _refused(exc: Exception) -> int:
+    print(f"stream-proxy: {exc}", file=sys.stderr)
+    return 2
+
+
+def _run(main: Coroutine[Any, Any, int | None]) -> int:
+    """Run a command's coroutine: its exit status (0 when it returns none)."""
     try:
-        asyncio.run(main)
+        return asyncio.run(main) or 0
     except StartError as exc:
-        print(f"stream-proxy: {exc}", file=sys.stderr)
-        return 2
+        return _refused(exc)
     except KeyboardInterrupt:
-        pass  # before the signal handlers were set
-    return 0
+        return 0  # before the signal handlers were set
 
 
 def _is_loopback(host: str) -> bool:
