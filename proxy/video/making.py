@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 TICK = 0.5
+# Segments uploaded at once while ffmpeg runs (each a PUT of a few MiB at most).
+UPLOADS_AT_ONCE = 4
 POSTER_SHARE = 5.0  # percent of the progress the poster run stands for
 
 
@@ -147,7 +149,9 @@ class _Job:
         try:
             await self._report(0.0)
             await self._poster()
+            poster_done = time.monotonic()
             await self._hls()
+            hls_done = time.monotonic()
             for out in self.outputs:
                 playlist = self.temp / out.rendition.name / "index.m3u8"
                 text = media_playlist(tuple(s for s, _ in out.segments))
@@ -162,10 +166,12 @@ class _Job:
             # Shielded: a second cancellation must not leave the directory behind.
             await asyncio.shield(asyncio.to_thread(shutil.rmtree, self.temp, True))
         log.info(
-            "video made: %d rendition(s), %s, in %.1f s",
+            "video made: %d rendition(s), %s, in %.2f s (poster %.2f s, HLS %.2f s)",
             len(self.outputs),
             "copied" if self.copy else "encoded",
             time.monotonic() - started,
+            poster_done - started,
+            hls_done - poster_done,
         )
         return Made(
             hls="master.m3u8",
@@ -261,18 +267,34 @@ class _Job:
         except ValueError as exc:
             raise VideoFailed(f"ffmpeg failed: {exc}") from None
         new = listed.segments[len(out.segments) :]
-        for segment in new:
-            if not out.init_put:
-                if listed.init is None:
-                    raise VideoFailed("ffmpeg failed: no init segment")
-                init = directory / listed.init
-                out.codecs = await self._codecs(init)
-                await self._put(f"{out.rendition.name}/init.mp4", init, "video/mp4")
-                out.init_put = True
-            path = directory / segment.uri
-            size = (await asyncio.to_thread(path.stat)).st_size
-            await self._put(f"{out.rendition.name}/{segment.uri}", path, "video/iso.segment")
-            out.segments.append((segment, size))
+        if new and not out.init_put:
+            if listed.init is None:
+                raise VideoFailed("ffmpeg failed: no init segment")
+            init = directory / listed.init
+            out.codecs = await self._codecs(init)
+            await self._put(f"{out.rendition.name}/init.mp4", init, "video/mp4")
+            out.init_put = True
+        sizes = [(await asyncio.to_thread((directory / s.uri).stat)).st_size for s in new]
+        # Several at once: ffmpeg copying finishes segments faster than one upload at a
+        # time takes them to a bucket.
+        slots = asyncio.Semaphore(UPLOADS_AT_ONCE)
+
+        async def put(segment: Segment) -> None:
+            async with slots:
+                await self._put(
+                    f"{out.rendition.name}/{segment.uri}", directory / segment.uri, "video/iso.segment"
+                )
+
+        uploads = [asyncio.create_task(put(segment)) for segment in new]
+        try:
+            await asyncio.gather(*uploads)
+        except BaseException:
+            # The first failure as it is (VideoFailed, ClaimLost, ...), once the rest stopped.
+            for upload in uploads:
+                upload.cancel()
+            await asyncio.gather(*uploads, return_exceptions=True)
+            raise
+        out.segments.extend(zip(new, sizes, strict=True))
         out.ended = listed.ended
         return len(new)
 
