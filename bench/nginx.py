@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,32 +59,38 @@ http {{
 """
 
 
-def _write_config(directory: Path, root: Path, port: int) -> Path:
-    config = directory / "nginx.conf"
-    config.write_text(nginx_config(directory, root.resolve(), port))
-    return config
-
-
 @contextlib.asynccontextmanager
-async def run_nginx(root: Path) -> AsyncIterator[NginxProcess]:
-    """nginx serving ``root`` on a free loopback port, from a generated config in a
-    temporary directory; killed and the directory removed afterwards."""
+async def nginx_with(
+    config_of: Callable[[Path, int], str], label: str, serving: str
+) -> AsyncIterator[NginxProcess]:
+    """nginx on a free loopback port, from the config ``config_of(directory, port)``
+    writes for a temporary directory; killed and the directory removed afterwards.
+    ``label`` names it in errors, ``serving`` says what it serves in the log."""
     binary = nginx_binary()
     directory, port = Path(tempfile.mkdtemp(prefix="stream-proxy-bench-nginx-")), free_port()
-    config = _write_config(directory, root, port)
+    config = directory / "nginx.conf"
+    config.write_text(config_of(directory, port))
     error_log = directory / "error.log"
     argv = [binary, "-p", str(directory), "-c", str(config), "-e", str(error_log)]
     try:
         async with server_process(
             argv,
-            label="nginx",
+            label=label,
             port=port,
             time_limit=15,
             log_path=error_log,
             log_lines=20,
             capture_output=False,
         ) as proc:
-            log(f"nginx {binary} serving {root} on port {port}")
+            log(f"nginx {binary} {serving} on port {port}")
             yield NginxProcess(proc, port, directory)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def run_nginx(root: Path) -> contextlib.AbstractAsyncContextManager[NginxProcess]:
+    """nginx serving ``root`` (see nginx_with)."""
+    resolved = root.resolve()
+    return nginx_with(
+        lambda directory, port: nginx_config(directory, resolved, port), "nginx", f"serving {root}"
+    )

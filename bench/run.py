@@ -14,12 +14,18 @@ from bench.payload import Payload
 from bench.report import Row, error_row, render
 from bench.servers import empty_bucket, fresh_bucket, log, real_s3, temp_workdir
 from bench.settings import BenchError, MiB, Settings
+from bench.small_requests import concurrent_ranges, request_floor, small_ranges
 from bench.upload import http_session
+from bench.video import video_hls
 from bench.workers import s3_workers
 
 # Every measurement, in the order run: those of measurements.py, then the modules' own.
 ALL: dict[str, Measurement] = {**MEASUREMENTS, "auth_cost": auth_cost}
 ALL["s3_workers"] = s3_workers
+ALL["video_hls"] = video_hls
+ALL["small_ranges"] = small_ranges
+ALL["concurrent_ranges"] = concurrent_ranges
+ALL["request_floor"] = request_floor
 
 
 def selected(settings: Settings) -> dict[str, Measurement]:
