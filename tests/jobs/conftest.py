@@ -6,10 +6,9 @@ reads the queue entries straight from the directory or bucket."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,7 +28,7 @@ LEASE = 2.0
 @dataclass
 class Place:
     name: str
-    opener: Callable[[float], Any]
+    opener: Callable[[float], Awaitable[JobStore]]
     entries: Callable[[], list[str]]
     add_entry: Callable[[str], None]  # a queue entry for a key, as a crash may leave one
     endpoint: S3Endpoint | None = None

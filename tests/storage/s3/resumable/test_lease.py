@@ -93,7 +93,8 @@ async def test_a_lost_lease_fails_the_append_without_saving(
 
     async def patch() -> UploadState:
         async with stalled.lock(state.id) as held:
-            return await stalled.append(held, UploadBody(body(), state=held))
+            appended: UploadState = await stalled.append(held, UploadBody(body(), state=held))
+            return appended
 
     task = asyncio.create_task(patch())
     await sent_part.wait()
