@@ -20,14 +20,16 @@ log = logging.getLogger(__name__)
 
 
 def video_service(config: Config, storage: Storage, *, run_jobs: bool) -> VideoService | None:
-    """The service, or None when video is off: by the config, or because ffmpeg or
-    ffprobe cannot be found (said once, as a warning: the page then plays the
-    originals), or on a backend that keeps no jobs (a test's in-memory fake)."""
+    """The service, or None when video is off: by the config, or because this
+    process would run jobs and ffmpeg or ffprobe cannot be found (said once, as a
+    warning: the page then plays the originals), or on a backend that keeps no jobs
+    (a test's in-memory fake). A process that runs no jobs needs neither: it only
+    queues them (media is told by its first bytes) and answers /videos/."""
     video = config.video
     if not video.enabled:
         return None
     missing = [program for program in (video.ffmpeg, video.ffprobe) if shutil.which(program) is None]
-    if missing:
+    if missing and run_jobs:
         log.warning(
             "video is off: %s not found (install ffmpeg, or set video.ffmpeg/video.ffprobe)",
             " and ".join(missing),

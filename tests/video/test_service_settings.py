@@ -81,3 +81,6 @@ def test_the_service_of_a_process(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "video is off" in warning.getMessage() and "no-ffprobe" in warning.getMessage()
     assert video_service(Config(), MemoryStorage(), run_jobs=True) is None
+    # A serving machine with video.jobs = false needs no ffmpeg: it queues jobs for workers.
+    queuing = video_service(missing, storage, run_jobs=False)
+    assert queuing is not None and queuing.runner is None
