@@ -35,8 +35,9 @@ def nginx_binary() -> str:
     return found
 
 
-def nginx_config(directory: Path, root: Path, port: int) -> str:
-    """A minimal single-process static file server of ``root``."""
+def single_process_config(directory: Path, http: str) -> str:
+    """A config of one nginx process (no master, no daemon) keeping its files in
+    ``directory``, with the ``http`` block's own directives; no access log."""
     temp = "\n".join(f"    {name}_temp_path {directory / ('temp-' + name)};" for name in TEMP_PATHS)
     return f"""daemon off;
 master_process off;
@@ -45,18 +46,26 @@ error_log {directory / "error.log"};
 pid {directory / "nginx.pid"};
 events {{}}
 http {{
-    sendfile on;
-    tcp_nopush on;
     access_log off;
-    default_type application/octet-stream;
 {temp}
+{http}
+}}
+"""
+
+
+def nginx_config(directory: Path, root: Path, port: int) -> str:
+    """A minimal single-process static file server of ``root``."""
+    return single_process_config(
+        directory,
+        f"""    sendfile on;
+    tcp_nopush on;
+    default_type application/octet-stream;
     server {{
         listen {HOST}:{port};
         root {root};
         location / {{}}
-    }}
-}}
-"""
+    }}""",
+    )
 
 
 @contextlib.asynccontextmanager

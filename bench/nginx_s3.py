@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from bench.nginx import TEMP_PATHS, NginxProcess, nginx_with
+from bench.nginx import NginxProcess, nginx_with, single_process_config
 from bench.servers import HOST
 from bench.settings import BenchError
 
@@ -37,17 +37,9 @@ def nginx_s3_config(directory: Path, port: int, endpoint_url: str, bucket: str) 
     """A single-process nginx on ``port`` passing every GET to the path-style
     ``/{bucket}/...`` of ``endpoint_url``."""
     upstream = upstream_address(endpoint_url)
-    temp = "\n".join(f"    {name}_temp_path {directory / ('temp-' + name)};" for name in TEMP_PATHS)
-    return f"""daemon off;
-master_process off;
-worker_processes 1;
-error_log {directory / "error.log"};
-pid {directory / "nginx.pid"};
-events {{}}
-http {{
-    access_log off;
-{temp}
-    upstream s3 {{
+    return single_process_config(
+        directory,
+        f"""    upstream s3 {{
         server {upstream};
         keepalive {UPSTREAM_KEEPALIVE};
     }}
@@ -65,9 +57,8 @@ http {{
             # A 1 MiB answer fits the buffers; never spill one to a temporary file.
             proxy_max_temp_file_size 0;
         }}
-    }}
-}}
-"""
+    }}""",
+    )
 
 
 async def make_public(client: Any, bucket: str, key: str) -> None:

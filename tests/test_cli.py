@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,10 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from proxy.jobs.local import LocalJobStore
-from proxy.storage.local.objects import LocalStorage
-from tests.conftest import ROOT, Backend, agen, backend_settings, free_port, start_server, wait_for_port
-from tests.web.videos_support import make_clip
+from tests.conftest import ROOT, Backend, backend_settings, free_port, start_server, wait_for_port
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -269,112 +264,3 @@ def test_sign_refuses_what_it_cannot_sign(tmp_path: Path) -> None:
         *sign, "--key-id", "k1", "--action", "write", "--prefix", "up/", "--max-size", "1MiB", "--query"
     )
     assert made.returncode == 0 and made.stdout.startswith("http://127.0.0.1:8080/files/up/?sig=")
-
-
-def _listening_sockets(pid: int) -> set[str]:
-    """The inodes of ``pid``'s sockets that listen for TCP connections."""
-    mine = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith("socket:["):
-                mine.add(target[8:-1])
-    listening = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A":  # LISTEN
-                listening.add(fields[9])
-    return mine & listening
-
-
-async def test_worker_runs_a_queued_job_without_a_listener_and_stops_on_sigterm(tmp_path: Path) -> None:
-    clip = make_clip(tmp_path / "clip.mp4", 1.0)
-    storage = LocalStorage(tmp_path / "data")
-    await storage.start()
-    store = LocalJobStore(storage.root, lease=5.0)
-    await store.start()
-    try:
-        info = await storage.write("in/clip.mp4", agen([clip]), content_type="video/mp4")
-        await store.enqueue("in/clip.mp4", info.etag)  # as `serve` with video.jobs = false would
-        env = {
-            **os.environ,
-            "STREAM_PROXY_STORAGE_LOCAL_ROOT": str(storage.root),
-            "STREAM_PROXY_VIDEO_POLL_INTERVAL": "0.2",
-        }
-        proc = await asyncio.create_subprocess_exec(
-            *[sys.executable, "-m", "proxy", "worker", "--config", "config.toml"],
-            cwd=ROOT,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        try:
-            async with asyncio.timeout(120):
-                while (job := await store.get("in/clip.mp4")).state in ("queued", "running"):
-                    assert _listening_sockets(proc.pid) == set()
-                    await asyncio.sleep(0.2)
-            assert job.state == "done", job
-            assert (storage.root / job.result["hls"]).is_file()
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            output = (await asyncio.wait_for(proc.communicate(), 40))[0].decode()
-        assert proc.returncode == 0, output
-        assert "Traceback" not in output
-    finally:
-        await store.close()
-        await storage.close()
-
-
-def test_worker_without_video_is_one_line(tmp_path: Path) -> None:
-    env = {"STREAM_PROXY_STORAGE_LOCAL_ROOT": str(tmp_path / "data"), "STREAM_PROXY_VIDEO_ENABLED": "false"}
-    result = run_cli("worker", "--config", "config.toml", env=env)
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "video.enabled" in result.stderr, result.stderr
-
-
-async def test_worker_stopped_mid_job_gives_it_back_and_leaves_no_files(tmp_path: Path) -> None:
-    clip = make_clip(tmp_path / "clip.mp4", 1.0)
-    # An ffmpeg that stalls before packaging HLS: the job is caught running, its poster stored.
-    wrapper = tmp_path / "slow-ffmpeg"
-    wrapper.write_text(
-        f'#!/bin/sh\ncase "$*" in *-hls_time*) sleep 120;; esac\nexec {shutil.which("ffmpeg")} "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    storage = LocalStorage(tmp_path / "data")
-    await storage.start()
-    store = LocalJobStore(storage.root, lease=5.0)
-    await store.start()
-    try:
-        info = await storage.write("in/clip.mp4", agen([clip]), content_type="video/mp4")
-        await store.enqueue("in/clip.mp4", info.etag)
-        env = {
-            **os.environ,
-            "STREAM_PROXY_STORAGE_LOCAL_ROOT": str(storage.root),
-            "STREAM_PROXY_VIDEO_POLL_INTERVAL": "0.2",
-            "STREAM_PROXY_VIDEO_FFMPEG": str(wrapper),
-        }
-        proc = await asyncio.create_subprocess_exec(
-            *[sys.executable, "-m", "proxy", "worker", "--config", "config.toml"],
-            cwd=ROOT,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        derived = storage.root / "in" / "clip.mp4.video"
-        try:
-            async with asyncio.timeout(60):
-                while not list(derived.rglob("poster.jpg")):
-                    await asyncio.sleep(0.1)
-            assert (await store.get("in/clip.mp4")).state == "running"
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            output = (await asyncio.wait_for(proc.communicate(), 40))[0].decode()
-        assert proc.returncode == 0, output
-        assert "Traceback" not in output
-        # Given back at once (not left to the lease), and nothing half-made stays.
-        assert (await store.get("in/clip.mp4")).state == "queued"
-        assert [p for p in derived.rglob("*") if p.is_file()] == []
-    finally:
-        await store.close()
-        await storage.close()
