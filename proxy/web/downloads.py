@@ -7,6 +7,8 @@ goes out through response_body.
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 from aiohttp import web
 
 from proxy.rules.conditions import evaluate_preconditions, format_http_date, if_range_allows_partial
@@ -21,7 +23,7 @@ from proxy.rules.ranges import (
     multipart_byteranges,
     parse_range,
 )
-from proxy.storage.base import ObjectInfo, ObjectNotFound, Storage
+from proxy.storage.base import ObjectInfo, ObjectNotFound, Storage, as_file_backed
 from proxy.web.errors import ApiError
 from proxy.web.requests import object_key
 from proxy.web.response_body import Body, send_body
@@ -42,6 +44,17 @@ CONDITIONAL_HEADERS = ("If-Match", "If-None-Match", "If-Modified-Since", "If-Unm
 async def get_file(request: web.Request) -> web.StreamResponse:
     key = object_key(request)
     storage = request.app[STORAGE]
+    files = as_file_backed(storage)
+    if files is not None:
+        # Opened and described in one step (one thread hop): the version whose
+        # validators decide the answer is the one whose bytes are sent.
+        info, file = await files.open_object(key)
+        try:
+            return await answer(request, storage, info, verified=True, file=file)
+        finally:
+            # Inline: closing a read-only file does not block, and a thread hop could
+            # be cancelled before it ran (client gone, pool busy), leaking the descriptor.
+            file.close()
     # A plain GET may use recently seen validators and save a round trip to S3: the
     # body is read with IfMatch on them, so a stale entry fails before anything is
     # sent, and we look again.
@@ -61,7 +74,12 @@ class Unverified(Exception):
 
 
 async def answer(
-    request: web.Request, storage: Storage, info: ObjectInfo, *, verified: bool
+    request: web.Request,
+    storage: Storage,
+    info: ObjectInfo,
+    *,
+    verified: bool,
+    file: BinaryIO | None = None,
 ) -> web.StreamResponse:
     settings = request.app[DOWNLOADS]
     headers = validators(info, settings)
@@ -92,24 +110,25 @@ async def answer(
     headers["Accept-Ranges"] = "bytes"
     content_type = served_content_type(info.content_type, info.key)
     headers.update(safety_headers(content_type, info.key, settings.inline_prefixes))
-    response = web.StreamResponse(headers=headers)
+    status = 200
     parts: list[tuple[bytes, ByteRange]]
     closing = b""
     if isinstance(decision, PartialBody) and len(decision.ranges) > 1:
         boundary = make_boundary()
         parts, closing, length = multipart_byteranges(decision.ranges, info.size, content_type, boundary)
-        response.set_status(206)
-        response.headers["Content-Type"] = f"multipart/byteranges; boundary={boundary}"
+        status = 206
+        headers["Content-Type"] = f"multipart/byteranges; boundary={boundary}"
     elif isinstance(decision, PartialBody):
         [only] = decision.ranges
         parts, length = [(b"", only)], only.length
-        response.set_status(206)
-        response.headers["Content-Range"] = only.content_range(info.size)
-        response.headers["Content-Type"] = content_type
+        status = 206
+        headers["Content-Range"] = only.content_range(info.size)
+        headers["Content-Type"] = content_type
     else:
         parts = [(b"", ByteRange(0, info.size - 1))] if info.size else []
         length = info.size
-        response.headers["Content-Type"] = content_type
+        headers["Content-Type"] = content_type
+    response = web.StreamResponse(status=status, headers=headers)
     response.content_length = length
     if request.method == "HEAD":
         await response.prepare(request)
@@ -124,9 +143,13 @@ async def answer(
         closing,
         whole=isinstance(decision, WholeBody),
         send_timeout=settings.send_timeout,
+        file=file,
     )
     try:
         await body.open(request.transport)  # may still fail cleanly: nothing has been sent
+        if body.held is not None:
+            # Small: the head and the body go out in one write.
+            return web.Response(status=status, headers=headers, body=body.held)
         await send_body(request, response, body)
     finally:
         await body.close()

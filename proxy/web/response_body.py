@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import BinaryIO
 
 from aiohttp import web
 
 from proxy.rules.ranges import ByteRange
-from proxy.storage.base import BodyRelay, FileBacked, ObjectInfo, Relayed, Storage, StorageError
+from proxy.storage.base import BodyRelay, ObjectInfo, Relayed, Storage, StorageError, as_relayed
 from proxy.streaming.client_socket import ClientSocket
 from proxy.streaming.splice import ClientStalled
 from proxy.web.sendfile import FileEnded, send_file
@@ -45,6 +46,18 @@ async def send_body(request: web.Request, response: web.StreamResponse, body: Bo
             request.transport.close()
 
 
+# A body of one range up to this size is read whole before the head is sent.
+SMALL_BODY = 64 * 1024
+
+
+def _read_exactly(file: BinaryIO, byte_range: ByteRange, key: str) -> bytes:
+    data = os.pread(file.fileno(), byte_range.length, byte_range.start)
+    if len(data) != byte_range.length:
+        # Never in place: writes replace a file by renaming another onto it.
+        raise StorageError(f"{key}: the file ended {byte_range.length - len(data)} bytes early")
+    return data
+
+
 class Body:
     """The ranges of one object: sendfile when the backend has files, else one
     backend read per range, relayed to the client's socket when the backend and the
@@ -60,6 +73,7 @@ class Body:
         *,
         whole: bool,
         send_timeout: float | None,
+        file: BinaryIO | None = None,
     ) -> None:
         self.storage = storage
         self.info = info
@@ -67,35 +81,45 @@ class Body:
         self.closing = closing
         self.whole = whole
         self.send_timeout = send_timeout
-        self._file: BinaryIO | None = None
+        # The object's file, opened (and closed) by the caller, when the backend has files.
+        self._file = file
         self._first: AsyncIterator[bytes] | None = None
         self._first_chunk = b""
         # Both set when reads can be relayed to the client's socket.
         self._relayed: Relayed | None = None
         self._client: ClientSocket | None = None
         self._first_relay: BodyRelay | None = None
+        # The whole body, when it is one small range read by open(): it then goes out
+        # with the head in one write, instead of through sendfile or a relay, whose
+        # set-up costs more than the bytes for the small ranges players ask for.
+        self.held: bytes | None = None
 
     async def open(self, transport: asyncio.BaseTransport | None) -> None:
         if not self.parts:
             return
-        if isinstance(self.storage, FileBacked):
-            self._file = await self.storage.open_file(self.info.key, etag=self.info.etag)
+        header, first = self.parts[0]
+        small = len(self.parts) == 1 and not header and not self.closing and first.length <= SMALL_BODY
+        if self._file is not None:
+            if small:
+                # sendfile reads the file on the loop too: this blocks no more than it would.
+                self.held = _read_exactly(self._file, first, self.info.key)
             self._client = ClientSocket.of(transport)
             return
-        if isinstance(self.storage, Relayed):
+        relayed = as_relayed(self.storage)
+        if relayed is not None:
             self._client = ClientSocket.of(transport)
-            self._relayed = self.storage if self._client is not None else None
-        self._first_relay = await self._open_relay(self.parts[0][1])
+            self._relayed = relayed if self._client is not None else None
+        self._first_relay = await self._open_relay(first)
         if self._first_relay is not None:
+            if small:
+                self.held = await self._first_relay.read_whole(SMALL_BODY)
             return
-        self._first = self._read(self.parts[0][1])
+        self._first = self._read(first)
         self._first_chunk = await anext(self._first, b"")
+        if small and len(self._first_chunk) == first.length:
+            self.held = self._first_chunk
 
     async def close(self) -> None:
-        if self._file is not None:
-            # Inline: closing a read-only file does not block, and a thread hop could
-            # be cancelled before it ran (client gone, pool busy), leaking the descriptor.
-            self._file.close()
         if self._first_relay is not None:
             self._first_relay.close()  # at once, like the aclose() below
         if self._first is not None:

@@ -29,6 +29,7 @@ from multidict import CIMultiDict
 from proxy.app import create_app
 from proxy.config import Config
 from proxy.storage.s3.relay import USER_AGENT
+from proxy.web.response_body import SMALL_BODY
 from tests.conftest import Backend
 from tests.s3_interposer import S3Interposer
 
@@ -169,7 +170,9 @@ def expected_body_of(headers: dict[str, str], data: bytes) -> list[bytes]:
 
 # -- one proxy per backend for the read-only tests -----------------------------------------------------
 
-RANGE_KEYS = {size: f"r/{size}.mp4" for size in (0, 1, N)}
+# One byte more than a body read whole before the head is sent (response_body).
+EDGE = SMALL_BODY + 1
+RANGE_KEYS = {size: f"r/{size}.mp4" for size in (0, 1, N, EDGE)}
 OBJ = RANGE_KEYS[N]
 # key, Content-Type sent with the PUT, Content-Type GET must answer
 CONTENT_TYPES = [

@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from proxy.app import create_app
 from proxy.config import Config, LocalConfig, ServerConfig, StorageConfig
 from proxy.storage import backend as storage_backend
+from proxy.storage.base import ObjectInfo
 from proxy.storage.local.objects import LocalStorage
 from proxy.storage.local.resumable import LocalResumableStore
 from tests.conftest import Backend, MiB
@@ -142,17 +143,18 @@ async def test_real_s3_object_replaced_between_ranges_is_never_spliced(real_back
 
 class ReplacedBeforeRead(LocalStorage):
     """Another upload replaces the object (same bytes, new file) between the handler's
-    stat() and its read, once armed."""
+    open and its read, once armed: the version opened is the one described and sent."""
 
     armed = False
 
-    async def open_file(self, key: str, *, etag: str) -> BinaryIO:
+    async def open_object(self, key: str) -> tuple[ObjectInfo, BinaryIO]:
+        opened = await super().open_object(key)
         if self.armed:
             path = self.paths.object(key)
             copy = path.with_name(path.name + ".replacement")
             shutil.copyfile(path, copy)
             os.replace(copy, path)
-        return await super().open_file(key, etag=etag)
+        return opened
 
 
 @pytest.mark.parametrize("headers", BROKEN_READS, ids=["whole", "range", "multipart"])

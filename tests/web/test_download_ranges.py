@@ -17,6 +17,7 @@ from proxy.config import Config, LocalConfig, ServerConfig, StorageConfig
 from tests.conftest import Backend
 from tests.web.downloads_support import (
     CONTENT_TYPES,
+    EDGE,
     OBJ,
     RANGE_KEYS,
     N,
@@ -99,6 +100,12 @@ RANGE_CASES: list[tuple[int, str | None, int, Expected]] = [
     (N, "bytes=0x10-0x20", 200, (0, N)),
     (N, "bytes=0-1,x", 200, (0, N)),
     (N, "bytes=1000-,junk", 200, (0, N)),
+    # Around the size up to which a range is read whole and sent with the head.
+    (EDGE, None, 200, (0, EDGE)),
+    (EDGE, "bytes=0-", 206, (0, EDGE)),
+    (EDGE, f"bytes=0-{EDGE - 2}", 206, (0, EDGE - 1)),
+    (EDGE, "bytes=1-", 206, (1, EDGE)),
+    (EDGE, "bytes=-1", 206, (EDGE - 1, EDGE)),
 ]
 
 

@@ -32,6 +32,7 @@ from proxy.storage.local.folders import delete_prefix
 from proxy.storage.local.keylocks import KeyLocks
 from proxy.storage.local.leftovers import SWEEP_INTERVAL, ProcessTemp
 from proxy.storage.local.listing import list_page
+from proxy.storage.local.meta_cache import MetaCache
 from proxy.storage.local.paths import LocalPaths
 from proxy.storage.periodic import every, stop
 from proxy.streaming.bodies import HashingReader
@@ -63,6 +64,7 @@ class LocalStorage:
         self.paths = LocalPaths(root)
         self.root = self.paths.root
         self._locks = KeyLocks(self.paths)
+        self._meta = MetaCache()
         self._cleanups = Cleanups()
         # Temporary files live in a directory this process holds locked (local.leftovers).
         self._temp = ProcessTemp(self.paths.tmp)
@@ -232,14 +234,22 @@ class LocalStorage:
     # -- read side -----------------------------------------------------------
 
     def _read_meta(self, key: str, st: os.stat_result) -> dict[str, Any]:
+        version = _version(st)
+        kept = self._meta.get(key, version)
+        if kept is not None:
+            return kept
         try:
             with open(self.paths.meta_of(key), encoding="utf-8") as fh:
                 record = json.load(fh)
         except (OSError, ValueError):
             return {}
-        if (record.get("ino"), record.get("size"), record.get("mtime_ns")) != _version(st):
+        if (
+            not isinstance(record, dict)
+            or (record.get("ino"), record.get("size"), record.get("mtime_ns")) != version
+        ):
             return {}
-        return dict(record)
+        self._meta.put(key, version, record)
+        return record
 
     def _info(self, key: str, st: os.stat_result, meta: dict[str, Any]) -> ObjectInfo:
         return ObjectInfo(
@@ -259,14 +269,25 @@ class LocalStorage:
         return await _run(self._stat, key)
 
     def _open_checked(self, key: str, etag: str | None) -> BinaryIO:
-        fh = self.paths.open_existing(key)
-        if etag is not None and local_etag(os.fstat(fh.fileno())) != etag:
+        fh, st = self.paths.open_existing(key)
+        if etag is not None and local_etag(st) != etag:
             fh.close()
             raise ObjectNotFound(key)
         return fh
 
     async def open_file(self, key: str, *, etag: str) -> BinaryIO:
         return await _run(self._open_checked, key, etag)
+
+    def _open_object(self, key: str) -> tuple[ObjectInfo, BinaryIO]:
+        fh, st = self.paths.open_existing(key)
+        try:
+            return self._info(key, st, self._read_meta(key, st)), fh
+        except BaseException:
+            fh.close()
+            raise
+
+    async def open_object(self, key: str) -> tuple[ObjectInfo, BinaryIO]:
+        return await _run(self._open_object, key)
 
     async def read(
         self, key: str, start: int = 0, end: int | None = None, *, etag: str | None = None

@@ -58,17 +58,19 @@ class LocalPaths:
             raise ObjectNotFound(key)
         return real, st
 
-    def open_existing(self, key: str) -> BinaryIO:
-        """``existing_file`` opened for reading, checked again on the descriptor. Blocking."""
+    def open_existing(self, key: str) -> tuple[BinaryIO, os.stat_result]:
+        """``existing_file`` opened for reading, checked again on the descriptor, and
+        the descriptor's stat: the opened version's. Blocking."""
         real, _ = self.existing_file(key)
         try:
             fd = os.open(real, _OPEN_FLAGS)
         except OSError:  # gone, or replaced by a symlink since the check
             raise ObjectNotFound(key) from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise ObjectNotFound(key)
-        return os.fdopen(fd, "rb")
+        return os.fdopen(fd, "rb"), st
 
     def meta_of(self, key: str) -> Path:
         """The metadata file of ``key``, a key already validated."""

@@ -1,8 +1,9 @@
 """GetObject on raw keep-alive connections, for S3 endpoints on plain HTTP.
 
 Through botocore a ranged GetObject costs the proxy milliseconds of CPU, and every
-body byte passes through the interpreter twice. Here the request is signed with
-botocore's own SigV4 signer and written on a socket of our own; the answer's head is
+body byte passes through the interpreter twice. Here the request is signed by
+rules.sigv4 (as botocore signs it, with the day's signing key derived once) and
+written on a socket of our own; the answer's head is
 parsed by rules.response_head, and the body is left on the socket for streaming.splice to
 move to the client inside the kernel.
 
@@ -15,15 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.exceptions import BotoCoreError
 
 from proxy.rules.response_head import MalformedHead, ResponseHead, parse_head, split_head
+from proxy.rules.sigv4 import Credentials, SigningKeys, signed_headers
 from proxy.storage.base import ObjectNotFound, UpstreamError
 from proxy.streaming.splice import SourceError, send_all, splice_exactly
 
@@ -58,7 +59,7 @@ class S3Relay:
         hostname = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         self._host = hostname if parts.port in (None, 80) else f"{hostname}:{parts.port}"
         self._credentials = credentials
-        self._region = region
+        self._signing_keys = SigningKeys(region)
         self._slots = asyncio.Semaphore(max_connections)
         self._max_idle = max_connections
         self._idle: list[socket.socket] = []
@@ -159,13 +160,14 @@ class S3Relay:
         headers = {"Host": self._host, "If-Match": etag}
         if byte_range is not None:
             headers["Range"] = byte_range
-        request = AWSRequest(method="GET", url=self._origin + path, headers=headers)
         try:
-            credentials = await self._credentials.get_frozen_credentials()
+            frozen = await self._credentials.get_frozen_credentials()
         except BotoCoreError:
             return None  # e.g. a role's refresh failed: botocore reports it properly
-        S3SigV4Auth(credentials, "s3", self._region).add_auth(request)
-        lines = [f"GET {path} HTTP/1.1", *(f"{name}: {value}" for name, value in request.headers.items())]
+        credentials = Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        signed = signed_headers("GET", path, headers, credentials, self._signing_keys, amz_date)
+        lines = [f"GET {path} HTTP/1.1", *(f"{name}: {value}" for name, value in signed.items())]
         lines.append(f"User-Agent: {USER_AGENT}")  # left unsigned, as botocore does
         return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
@@ -263,6 +265,9 @@ class OpenedRange:
         if self._sock is None or self._done:
             raise RuntimeError("the body was already sent or released")
         await send_all(fd, self._leftover, send_timeout=send_timeout)
+        if not self._remaining:
+            self._done = True
+            return
         try:
             await splice_exactly(
                 self._sock.fileno(),
@@ -275,6 +280,26 @@ class OpenedRange:
         except SourceError as exc:
             raise UpstreamError(f"S3 body: {exc}") from exc
         self._done = True
+
+    async def read_whole(self, limit: int) -> bytes | None:
+        if self._sock is None or self._done or len(self._leftover) + self._remaining > limit:
+            return None
+        loop = asyncio.get_running_loop()
+        body = bytearray(self._leftover)
+        while self._remaining:
+            try:
+                async with asyncio.timeout(self._relay.read_timeout):
+                    data = await loop.sock_recv(self._sock, self._remaining)
+            except TimeoutError as exc:
+                raise UpstreamError(f"S3 sent no body bytes for {self._relay.read_timeout:g} s") from exc
+            except OSError as exc:
+                raise UpstreamError(f"S3 body: {exc}") from exc
+            if not data:
+                raise UpstreamError(f"S3 body: the connection closed {self._remaining} bytes short")
+            body += data
+            self._remaining -= len(data)
+        self._done = True
+        return bytes(body)
 
     def close(self) -> None:
         sock, self._sock = self._sock, None

@@ -118,3 +118,33 @@ async def test_describing_a_file_that_is_not_the_expected_one_changes_nothing(
     assert LocalView(storage.root).metadata("k.bin") == record
     assert (await storage.stat("k.bin")).sha256 == info.sha256
     assert LocalView(storage.root).leftovers() == []
+
+
+async def test_open_object_describes_the_version_it_opened(storage: LocalStorage) -> None:
+    first = await storage.write("v.bin", agen([b"first version"]), content_type="text/plain")
+    info, fh = await storage.open_object("v.bin")
+    with fh:
+        # Replaced (other bytes, same length) after the open, before any read.
+        await storage.write("v.bin", agen([b"other version"]), content_type="application/x-other")
+        assert fh.read() == b"first version"
+    assert info == first
+    assert (await storage.stat("v.bin")).etag != first.etag
+
+
+async def test_a_versions_metadata_is_read_once(storage: LocalStorage) -> None:
+    info = await storage.write("m.bin", agen([b"data"]), content_type="text/plain")
+    meta = storage.root / layout.meta_key("m.bin")
+    assert (await storage.stat("m.bin")).sha256 == info.sha256
+    # The record of this version is kept: its file is not read again.
+    meta.write_text("not json")
+    assert (await storage.open_object("m.bin"))[0] == info
+
+
+async def test_missing_metadata_is_looked_for_again(storage: LocalStorage) -> None:
+    info = await storage.write("m.bin", agen([b"data"]), content_type="text/plain")
+    meta = storage.root / layout.meta_key("m.bin")
+    record = meta.read_bytes()
+    meta.unlink()  # as a reader between a publish's rename and its record sees it
+    assert (await storage.stat("m.bin")).sha256 is None
+    meta.write_bytes(record)
+    assert (await storage.stat("m.bin")) == info

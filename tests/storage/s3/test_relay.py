@@ -18,7 +18,7 @@ from aiobotocore.credentials import AioRefreshableCredentials
 from aiohttp.test_utils import TestServer
 from botocore.exceptions import CredentialRetrievalError
 
-from proxy.storage.base import BodyRelay, ObjectNotFound
+from proxy.storage.base import BodyRelay, ObjectNotFound, UpstreamError
 from proxy.storage.s3.objects import S3Storage
 from proxy.storage.s3.relay import USER_AGENT, S3Relay
 from tests.conftest import MiB, S3Endpoint, S3View, make_bucket, s3_config, wait_until
@@ -118,6 +118,23 @@ async def test_reads_are_relayed_on_one_kept_alive_connection(tapped: Tapped) ->
         assert f"If-Match: {etag}" in lines
         ranges = [line for line in lines if line.startswith("Range: ")]
         assert ranges == ([f"Range: {sent_range}"] if sent_range else [])
+
+
+async def test_a_small_body_is_read_whole_and_its_connection_kept(tapped: Tapped) -> None:
+    data = payload(3 * MiB)
+    etag = await asyncio.to_thread(tapped.put, KEY, data)
+    small = await tapped.storage.open_relay(KEY, 100, 100 + 64 * 1024 - 1, etag=etag, size=len(data))
+    assert small is not None
+    assert await small.read_whole(64 * 1024) == data[100 : 100 + 64 * 1024]
+    assert await small.read_whole(64 * 1024) is None  # read once
+    small.close()
+    # A body over the limit is left on the socket, to be relayed.
+    large = await tapped.storage.open_relay(KEY, 0, 2 * MiB - 1, etag=etag, size=len(data))
+    assert large is not None
+    assert await large.read_whole(2 * MiB - 1) is None
+    assert await relayed(large, 2 * MiB) == data[: 2 * MiB]
+    # The small body's connection served the next read.
+    assert len(tapped.relay_connections()) == (1 if tapped.keeps_alive else 2)
 
 
 async def test_another_version_is_object_not_found(tapped: Tapped) -> None:
@@ -241,3 +258,39 @@ async def test_credentials_that_cannot_be_refreshed_leave_the_read_to_botocore()
         read_timeout=1,
     )
     assert await relay.open("x.bin", 0, 9, etag='"abc"', size=10) is None
+
+
+async def test_a_small_body_cut_short_is_an_upstream_error() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = b"HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\nContent-Range: bytes 0-9/100\r\n\r\n"
+        writer.write(head + b"01234")  # half the body, then the connection ends
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    fresh = {"access_key": "a", "secret_key": "s", "token": "t", "expiry_time": "2999-01-01T00:00:00+00:00"}
+
+    async def refresh() -> dict[str, str]:
+        return fresh
+
+    credentials = AioRefreshableCredentials.create_from_metadata(fresh, refresh, "test")
+    relay = S3Relay(
+        f"http://127.0.0.1:{port}/bucket/",
+        credentials,
+        "us-east-1",
+        max_connections=1,
+        connect_timeout=5,
+        read_timeout=5,
+    )
+    try:
+        opened = await relay.open("k.bin", 0, 9, etag='"abc"', size=100)
+        assert opened is not None
+        with pytest.raises(UpstreamError, match="5 bytes short"):
+            await opened.read_whole(1024)
+        opened.close()
+    finally:
+        relay.close()
+        server.close()
+        await server.wait_closed()
