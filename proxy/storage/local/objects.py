@@ -11,7 +11,8 @@ Renaming a file and its metadata into place, and removing both, run under the ke
 lock (local.keylocks), so racing writers and deletes, in this process or others,
 leave the key's file and metadata in agreement. Every path comes from LocalPaths.
 
-All file system calls run in worker threads.
+File system calls run in worker threads, except a download's open, which runs on
+the loop while the file system answers quickly (local.quick_calls).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from proxy.storage.local.leftovers import SWEEP_INTERVAL, ProcessTemp
 from proxy.storage.local.listing import list_page
 from proxy.storage.local.meta_cache import MetaCache
 from proxy.storage.local.paths import LocalPaths
+from proxy.storage.local.quick_calls import QuickCalls
 from proxy.storage.periodic import every, stop
 from proxy.streaming.bodies import HashingReader
 from proxy.streaming.cleanups import Cleanups
@@ -65,6 +67,7 @@ class LocalStorage:
         self.root = self.paths.root
         self._locks = KeyLocks(self.paths)
         self._meta = MetaCache()
+        self._quick = QuickCalls()
         self._cleanups = Cleanups()
         # Temporary files live in a directory this process holds locked (local.leftovers).
         self._temp = ProcessTemp(self.paths.tmp)
@@ -287,7 +290,9 @@ class LocalStorage:
             raise
 
     async def open_object(self, key: str) -> tuple[ObjectInfo, BinaryIO]:
-        return await _run(self._open_object, key)
+        # Every download's first step: on the loop while the file system answers
+        # quickly, as it does when the file's entries are cached (local.quick_calls).
+        return await self._quick.run(self._open_object, key)
 
     async def read(
         self, key: str, start: int = 0, end: int | None = None, *, etag: str | None = None
