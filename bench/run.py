@@ -15,6 +15,7 @@ from bench.report import Row, error_row, render
 from bench.servers import empty_bucket, fresh_bucket, log, real_s3, temp_workdir
 from bench.settings import BenchError, MiB, Settings
 from bench.small_requests import concurrent_ranges, request_floor, small_ranges
+from bench.tus import local_tus_concat, s3_tus_concat
 from bench.upload import http_session
 from bench.video import video_hls
 from bench.workers import s3_workers
@@ -26,6 +27,8 @@ ALL["video_hls"] = video_hls
 ALL["small_ranges"] = small_ranges
 ALL["concurrent_ranges"] = concurrent_ranges
 ALL["request_floor"] = request_floor
+ALL["local_tus_concat"] = local_tus_concat
+ALL["s3_tus_concat"] = s3_tus_concat
 
 
 def selected(settings: Settings) -> dict[str, Measurement]:

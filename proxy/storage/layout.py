@@ -24,7 +24,11 @@ these keys; S3 uses them as they are.
 - ``uploads/<id>/``: one resumable upload. ``state.json`` on both backends; locally
   also ``data`` (the bytes so far) and ``lock``; on S3 ``tail-<token>``, the bytes
   that do not yet fill a part, and ``object``, where its multipart upload is
-  assembled before it is copied to its key (s3.publish).
+  assembled before it is copied to its key (s3.publish). A partial upload (tus
+  concatenation) keeps its bytes there once complete (sealed): locally in ``data``,
+  on S3 in ``object`` (whose ETag its state records), until a final upload has
+  copied them into its object and removed the partial, or it is terminated or
+  expires. A final is assembled like a PUT, at a writer's ``staging-<uuid>``.
 - ``writers/<writer>/``: S3 only. One per process that writes objects (s3.writers):
   ``alive``, rewritten as its heartbeat, and ``upload-<h>`` for each multipart upload
   it has started and not yet completed or aborted, so that others can abort those

@@ -66,11 +66,19 @@ class UploadState:
     # with it. None for uploads made with access control off, and in states stored
     # before there was an owner.
     owner: str | None = None
+    # tus concatenation: "partial" for a partial upload, whose bytes never become an
+    # object of their own; for a final, its Upload-Concat as HEAD answers it
+    # (rules.tus.Concat.header). None for any other upload.
+    concat: str | None = None
     version: str | None = field(default=None, compare=False)
 
     def to_json(self) -> bytes:
         record = asdict(self)
         del record["version"]
+        if record["concat"] is None:
+            # Left out, so that the states of plain uploads stay as processes that
+            # predate concatenation read them (they refuse unknown fields).
+            del record["concat"]
         return json.dumps(record, separators=(",", ":")).encode()
 
     @classmethod
@@ -84,6 +92,23 @@ class UploadState:
     @property
     def complete(self) -> bool:
         return self.length is not None and self.offset == self.length
+
+    @property
+    def partial(self) -> bool:
+        return self.concat == "partial"
+
+    @property
+    def final(self) -> bool:
+        return self.concat is not None and not self.partial
+
+
+def check_sealed(partials: list[UploadState]) -> None:
+    """What ``ResumableStore.concatenate`` takes: one or more sealed partial uploads."""
+    if not partials:
+        raise StorageError("a final upload needs partial uploads")
+    for state in partials:
+        if not (state.partial and state.done and state.complete):
+            raise StorageError(f"upload {state.id} is no sealed partial upload")
 
 
 class UploadBody:
@@ -194,6 +219,21 @@ class ResumableStore(Protocol):
         """The upload is complete: publish its bytes as the object ``state.key``
         (atomically, with sha256 and content type), free what only the upload
         needed, and save the state with ``done=True``."""
+        ...
+
+    async def seal(self, state: UploadState) -> UploadState:
+        """A partial upload (tus concatenation) is complete: keep its bytes inside the
+        backend, where ``concatenate`` finds them, publish nothing, and save the state
+        with ``done=True``."""
+        ...
+
+    async def concatenate(self, final: UploadState, partials: list[UploadState]) -> ObjectInfo:
+        """Assemble the sealed ``partials`` (held, in this order) into the object
+        ``final.key`` with its SHA-256 and content type, atomically, as ``finish``
+        publishes; then store ``final`` (new, complete and done; its ``sha256`` is
+        set here) and remove the partials. Runs to its end once begun, even if the
+        caller is cancelled. If it fails, no object was made and the partials are
+        as they were; what a crash leaves is removed by the backend's sweeps."""
         ...
 
     async def terminate(self, state: UploadState) -> None:

@@ -43,7 +43,7 @@ from proxy.rules.keys import validate_key
 from proxy.rules.signatures import QUERY_PARAMETER, SIGNED_PATH, SignedGrant, Verdict
 from proxy.rules.tus import TUS_VERSION, metadata_text, object_key_for, parse_metadata, parse_uint
 from proxy.storage.base import ObjectNotFound
-from proxy.storage.resumable import UPLOAD_ID
+from proxy.storage.resumable import UPLOAD_ID, UploadState
 from proxy.web.errors import ApiError, Handler, to_api_error
 from proxy.web.settings import AUTH, RESOURCES, TUS, UPLOAD_OWNERS, UPLOADS, AuthSettings, Resource
 
@@ -331,6 +331,18 @@ async def _check_upload(request: web.Request, who: Identity, *, open_: bool) -> 
     owner, key = await _owner_and_key(request, upload_id)
     _require(who.may(action, key), who, action, key)
     if not open_ and owner is not None and owner != who.owner:
+        raise ApiError(403, "forbidden", "this upload was created by someone else")
+
+
+def check_partial(request: web.Request, state: UploadState) -> None:
+    """A tus final's creation names ``state`` as a partial: refuse it as a PATCH of
+    that upload would be refused (``_check_upload``), as the caller could not go on
+    with it."""
+    who, settings = request.get(_IDENTITY), request.app[AUTH]
+    if who is None or (settings.open and who.signature is None):
+        return  # nothing was checked: anyone may do anything
+    _require(who.may(Action.WRITE, state.key), who, Action.WRITE, state.key)
+    if not settings.open and state.owner is not None and state.owner != who.owner:
         raise ApiError(403, "forbidden", "this upload was created by someone else")
 
 

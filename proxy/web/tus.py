@@ -10,6 +10,7 @@ answer.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from dataclasses import dataclass, replace
@@ -26,10 +27,12 @@ from proxy.rules.tus import (
     OFFSET_CONTENT_TYPE,
     SUPPORTED_VERSIONS,
     TUS_VERSION,
+    Concat,
     TusHeaderError,
     metadata_text,
     object_key_for,
     parse_checksum,
+    parse_concat,
     parse_defer_length,
     parse_metadata,
     parse_uint,
@@ -37,7 +40,7 @@ from proxy.rules.tus import (
 )
 from proxy.storage.base import ObjectInfo
 from proxy.storage.resumable import UPLOAD_ID, UploadBody, UploadNotFound, UploadState
-from proxy.web.auth import upload_creation, url_credential
+from proxy.web.auth import Creation, check_partial, upload_creation, url_credential
 from proxy.web.errors import ApiError, Handler, to_api_error
 from proxy.web.requests import request_chunks
 from proxy.web.settings import TUS, UPLOADS, VIDEOS, TusSettings
@@ -121,7 +124,7 @@ def _state_headers(state: UploadState) -> dict[str, str]:
         "Upload-Offset": str(state.offset),
         "Upload-Expires": format_http_date(datetime.fromtimestamp(state.expires, UTC)),
     }
-    if state.done:
+    if state.done and not state.partial:  # a partial's bytes are no object
         headers["Object-Location"] = "/files/" + quote(state.key)
     return headers
 
@@ -149,19 +152,21 @@ class _NewUpload:
     metadata: str
     key: str
     content_type: str
+    concat: Concat | None
 
 
 def _new_upload(request: web.Request, upload_id: str, key: str | None) -> _NewUpload:
     """What a creation asks for, checked before anything is stored or its body sent;
     the key is ``key``, or else the template's."""
     settings = request.app[TUS]
-    if "Upload-Concat" in request.headers:
-        # Not offered (Tus-Extension says so): a partial upload must not become an
-        # object of its own as if it were whole.
-        raise ApiError(400, "concatenation_not_supported", "this server does not offer tus concatenation")
+    concat = parse_concat(request.headers.get("Upload-Concat"))
     length = parse_uint(request.headers.get("Upload-Length"), "Upload-Length")
     deferred = parse_defer_length(request.headers.get("Upload-Defer-Length"))
-    if (length is None) == (not deferred):
+    if concat is not None and concat.final:
+        # Its length is the partials' sum, its bytes theirs.
+        if length is not None or deferred or request.body_exists:
+            raise TusHeaderError("a final upload has no Upload-Length, Upload-Defer-Length or body")
+    elif (length is None) == (not deferred):
         raise TusHeaderError("send either Upload-Length or Upload-Defer-Length: 1")
     if length is not None:
         _check_size(length, settings)
@@ -172,7 +177,7 @@ def _new_upload(request: web.Request, upload_id: str, key: str | None) -> _NewUp
     if key is None:
         key = object_key_for(settings.key_template, upload_id, metadata_text(metadata, "filename"))
     content_type = content_type_for(metadata_text(metadata, "filetype"), key)
-    return _NewUpload(length, raw_metadata, key, content_type)
+    return _NewUpload(length, raw_metadata, key, content_type, concat)
 
 
 def _check_chunk_size(request: web.Request, room: int | None) -> None:
@@ -186,6 +191,8 @@ async def create(request: web.Request) -> web.Response:
     creation = upload_creation(request)
     upload_id = creation.upload_id
     new = _new_upload(request, upload_id, creation.key)
+    if new.concat is not None and new.concat.final:
+        return await _create_final(request, creation, new, new.concat)
     now = time.time()
     state = await request.app[UPLOADS].create(
         UploadState(
@@ -197,16 +204,69 @@ async def create(request: web.Request) -> web.Response:
             created=now,
             expires=now + settings.expiration,
             owner=creation.owner,
+            concat=None if new.concat is None else new.concat.header(BASE),
         )
     )
     if request.body_exists or state.complete:
         # creation-with-upload; an empty upload is complete at once.
         state = await _write(request, upload_id, offset=0)
+    return _created(request, state)
+
+
+def _created(request: web.Request, state: UploadState) -> web.Response:
     # A signed URL's upload is reached through that URL: its Location carries it.
     path_prefix, query = url_credential(request)
-    location = path_prefix + upload_location(BASE, upload_id) + query
+    location = path_prefix + upload_location(BASE, state.id) + query
     headers = {"Location": location, **_state_headers(state)}
     return web.Response(status=201, headers=headers)
+
+
+async def _create_final(
+    request: web.Request, creation: Creation, new: _NewUpload, concat: Concat
+) -> web.Response:
+    """tus concatenation: the partials assembled into the object, and only then the
+    final upload stored, complete. Each partial is checked as a PATCH of it would be
+    (its owner, write on its key) before it is locked, and must be a live, complete
+    partial upload; all are held until they are gone, so no other final or PATCH
+    can use them meanwhile. Once used, a partial is removed."""
+    settings = request.app[TUS]
+    store = request.app[UPLOADS]
+    async with contextlib.AsyncExitStack() as held:
+        partials: list[UploadState] = []
+        for upload_id in concat.partials:
+            check_partial(request, await store.get(upload_id))
+            partials.append(await held.enter_async_context(store.lock(upload_id)))
+        for partial in partials:
+            _check_live(partial)
+            if not partial.partial:
+                raise ApiError(
+                    400, "not_partial", f"upload {partial.id} is no partial upload (Upload-Concat: partial)"
+                )
+            if not partial.done:
+                raise ApiError(
+                    400, "partial_unfinished", f"the partial upload {partial.id} is not complete yet"
+                )
+        length = sum(partial.offset for partial in partials)
+        _check_size(length, settings)
+        now = time.time()
+        final = UploadState(
+            id=creation.upload_id,
+            key=new.key,
+            content_type=new.content_type,
+            length=length,
+            metadata=new.metadata,
+            created=now,
+            expires=now + settings.expiration,
+            offset=length,
+            done=True,
+            owner=creation.owner,
+            concat=concat.header(BASE),
+        )
+        published = await store.concatenate(final, partials)
+    videos = request.app[VIDEOS]
+    if videos is not None:
+        await videos.after_upload(published)  # as a finished upload's, after the locks
+    return _created(request, final)
 
 
 def _check_content_type(request: web.Request, *, required: bool) -> None:
@@ -225,6 +285,8 @@ async def head(request: web.Request) -> web.Response:
         headers["Upload-Length"] = str(state.length)
     if state.metadata:
         headers["Upload-Metadata"] = state.metadata
+    if state.concat is not None:
+        headers["Upload-Concat"] = state.concat
     return web.Response(status=200, headers=headers)
 
 
@@ -245,6 +307,9 @@ async def _write(request: web.Request, upload_id: str, *, offset: int) -> Upload
     published: ObjectInfo | None = None
     async with store.lock(upload_id) as state:
         _check_live(state)
+        if state.final:
+            # Its bytes are the partials': tus refuses any more.
+            raise ApiError(403, "final_upload", f"upload {upload_id} is a final upload: it takes no PATCH")
         if offset != state.offset:
             raise ApiError(
                 409, "offset_mismatch", f"Upload-Offset is {offset} but the upload is at {state.offset}"
@@ -275,7 +340,9 @@ async def _write(request: web.Request, upload_id: str, *, offset: int) -> Upload
             state = await store.append(state, body)
         else:
             state = await store.save(state)
-        if state.complete:
+        if state.complete and state.partial:
+            state = await store.seal(state)  # its bytes wait for a final
+        elif state.complete:
             published = await store.finish(state)
             state = replace(state, done=True)
     videos = request.app[VIDEOS]

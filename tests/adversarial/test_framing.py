@@ -395,7 +395,7 @@ TUS_EXPECT_GAPS = {
         ("Upload-Length", "5"),
         ("Upload-Metadata", f"filetype {b64('text/html; x')}"),
     ],
-    "Upload-Concat": [("Upload-Length", "5"), ("Upload-Concat", "partial")],
+    "a final upload (tus concatenation) with a body": [("Upload-Concat", "final;/uploads/" + "0" * 32)],
 }
 
 

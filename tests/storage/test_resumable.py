@@ -449,3 +449,14 @@ def test_owner_round_trips_and_old_states_load_without_one() -> None:
     record = json.loads(make_state().to_json())
     del record["owner"]
     assert UploadState.from_json(json.dumps(record).encode()).owner is None
+
+
+def test_concat_round_trips_and_is_left_out_of_plain_uploads() -> None:
+    for concat in ("partial", "final;/uploads/" + "a" * 32):
+        state = replace(make_state(), concat=concat)
+        assert UploadState.from_json(state.to_json()) == state
+        assert state.partial == (concat == "partial") and state.final == (concat != "partial")
+    plain = make_state()
+    assert "concat" not in json.loads(plain.to_json())
+    assert UploadState.from_json(plain.to_json()).concat is None
+    assert not plain.partial and not plain.final

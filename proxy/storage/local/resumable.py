@@ -41,9 +41,17 @@ from typing import Any, BinaryIO, TypeVar
 
 from proxy.storage.base import ObjectInfo, ObjectNotFound
 from proxy.storage.layout import UPLOAD_DATA, UPLOAD_LOCK, UPLOAD_STATE
+from proxy.storage.local.concat import assemble, remove_quietly
 from proxy.storage.local.files import BlockWriter, fsync_dir, write_synced
 from proxy.storage.local.objects import LocalStorage
-from proxy.storage.resumable import UPLOAD_ID, UploadBody, UploadLocked, UploadNotFound, UploadState
+from proxy.storage.resumable import (
+    UPLOAD_ID,
+    UploadBody,
+    UploadLocked,
+    UploadNotFound,
+    UploadState,
+    check_sealed,
+)
 from proxy.streaming.cleanups import Cleanups
 from proxy.streaming.sha256_state import ResumableSha256
 
@@ -134,12 +142,19 @@ class LocalResumableStore:
         else:
             unfinished.add_done_callback(lambda _: os.close(fd))
 
-    async def _to_the_end(self, upload_id: str, work: Awaitable[T]) -> T:
-        """Run ``work`` on a held upload to its end even if the caller is cancelled
-        meanwhile; the lock stays held until then, and close() waits for it."""
+    async def _to_the_end(self, upload_id: str | list[str], work: Awaitable[T]) -> T:
+        """Run ``work`` on held uploads to its end even if the caller is cancelled
+        meanwhile; their locks stay held until then, and close() waits for it."""
         task = asyncio.ensure_future(work)
-        self._unfinished[upload_id] = task
-        task.add_done_callback(lambda _: self._unfinished.pop(upload_id, None))
+        held = [upload_id] if isinstance(upload_id, str) else upload_id
+        for one in held:
+            self._unfinished[one] = task
+
+        def forget(_: asyncio.Future[T]) -> None:
+            for one in held:
+                self._unfinished.pop(one, None)
+
+        task.add_done_callback(forget)
         return await self._cleanups.run(task)
 
     # -- bytes ---------------------------------------------------------------
@@ -221,6 +236,39 @@ class LocalResumableStore:
             return self._storage.describe_file(state.key, meta, ino=ino)
         except ObjectNotFound:
             return None
+
+    async def seal(self, state: UploadState) -> UploadState:
+        return await self._to_the_end(state.id, asyncio.to_thread(self._seal, state))
+
+    def _seal(self, state: UploadState) -> UploadState:
+        with open(self._dir(state.id) / UPLOAD_DATA, "r+b") as fh:
+            fh.truncate(state.offset)  # as finishing does: past the offset is not the upload's
+            os.fsync(fh.fileno())
+        return self._save(replace(state, done=True))
+
+    async def concatenate(self, final: UploadState, partials: list[UploadState]) -> ObjectInfo:
+        check_sealed(partials)
+        return await self._to_the_end([p.id for p in partials], self._concatenate(final, partials))
+
+    async def _concatenate(self, final: UploadState, partials: list[UploadState]) -> ObjectInfo:
+        sources = [(self._dir(p.id) / UPLOAD_DATA, p.offset) for p in partials]
+        assembled = self._paths.temp(".concat")
+        try:
+            sha256 = await assemble(sources, assembled, partials[0].sha256)
+            meta = {"content_type": final.content_type, "sha256": ResumableSha256(sha256).hexdigest()}
+            info = await asyncio.to_thread(self._storage.publish_file, final.key, assembled, meta)
+        except BaseException:
+            await asyncio.to_thread(remove_quietly, assembled)
+            raise
+        # Only now does the final exist, complete: a crash before leaves an object a
+        # retried final publishes again, and partials that expire.
+        await asyncio.to_thread(self._create, replace(final, sha256=sha256, done=True))
+        for partial in partials:
+            try:
+                await asyncio.to_thread(self._terminate, partial.id)
+            except OSError as exc:
+                log.warning("upload %s: a partial used by a final was not removed: %s", partial.id, exc)
+        return info
 
     async def terminate(self, state: UploadState) -> None:
         await self._to_the_end(state.id, asyncio.to_thread(self._terminate, state.id))

@@ -8,6 +8,10 @@ object is removed) and then saves the state as done. If it stops in between (a
 crash, a lost answer), the multipart upload is gone and the next finish fails on
 it; that finish then recognises what the earlier one made (assembled_before,
 published_etag) and takes the work up where it stopped.
+
+A partial upload (tus concatenation) is sealed the same way but not published: its
+``target`` is its own ``object`` key, which then holds its bytes, and the state
+records that object's ETag (``object_etag``) for the final that copies from it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from proxy.streaming.part_buffer import PartBuffer
 from proxy.streaming.sha256_state import ResumableSha256
 
 log = logging.getLogger(__name__)
+# In a sealed partial's state: the ETag of its object, which a final copies from.
+OBJECT_ETAG = "object_etag"
 
 
 async def finish_upload(
@@ -37,7 +43,9 @@ async def finish_upload(
     records: UploadRecords,
     target: UploadTarget,
     storage: S3Storage,
+    publishing: bool = True,
 ) -> ObjectInfo:
+    """Complete the upload's object and, if ``publishing``, publish it at its key."""
     parts = PartLayout.of(state)
     sha256 = ResumableSha256(state.sha256).hexdigest()
     tail = PartBuffer(storage.budget)
@@ -58,25 +66,27 @@ async def finish_upload(
                     unsent = None
                     await sender.wait_all()
                     etags.update(sender.etags)
-                await target.complete(parts.upload_id, etags)
+                etag = await target.complete(parts.upload_id, etags)
             except UpstreamError:
-                published = await published_etag(target, state.offset, sha256)
+                published = await published_etag(target, state.offset, sha256) if publishing else None
                 if published is not None:
                     log.info("upload %s: an earlier finish published it already", state.id)
-                    return await _done(state, parts, lease, records, storage, published, sha256)
+                    return await _done(state, parts, lease, records, storage, published, sha256, True)
                 if not await assembled_before(storage, target, state, parts, records):
                     raise
-            etag = await publish(
-                target,
-                state.offset,
-                sha256,
-                writers=storage.writers,
-                max_concurrency=storage.cfg.max_concurrency,
-            )
+                etag = await target.staged_etag() or ""
+            if publishing:
+                etag = await publish(
+                    target,
+                    state.offset,
+                    sha256,
+                    writers=storage.writers,
+                    max_concurrency=storage.cfg.max_concurrency,
+                )
     finally:
         if unsent is not None:
             unsent.close()
-    return await _done(state, parts, lease, records, storage, etag, sha256)
+    return await _done(state, parts, lease, records, storage, etag, sha256, publishing)
 
 
 async def _done(
@@ -87,9 +97,14 @@ async def _done(
     storage: S3Storage,
     etag: str,
     sha256: str,
+    published: bool,
 ) -> ObjectInfo:
-    storage.forget_recent(state.key)
-    await lease.save(replace(state, done=True, backend=parts.finished().backend()))
+    backend = parts.finished().backend()
+    if published:
+        storage.forget_recent(state.key)
+    else:
+        backend[OBJECT_ETAG] = etag
+    await lease.save(replace(state, done=True, backend=backend))
     if parts.tail is not None:
         await records.delete_tail(state.id, parts.tail)
     return ObjectInfo(

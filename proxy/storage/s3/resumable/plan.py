@@ -139,3 +139,60 @@ class PartLayout:
     def finished(self) -> PartLayout:
         """What a finished upload keeps: the part sizes, no parts, tail or upload id."""
         return PartLayout(self.part_size, self.growing, self.staged)
+
+
+@dataclass(frozen=True)
+class ConcatPart:
+    """One part of a final upload (tus concatenation): ``(partial, start, end)``
+    byte ranges (end exclusive) of the partials' objects, in order. A part of one
+    range that is a valid part on its own is copied by S3 (UploadPartCopy); the
+    others are read and sent as their bytes."""
+
+    ranges: tuple[tuple[int, int, int], ...]
+    copied: bool
+
+    @property
+    def size(self) -> int:
+        return sum(end - start for _, start, end in self.ranges)
+
+
+def concat_parts(sizes: list[int], copy_piece: int = MAX_PART_SIZE) -> list[ConcatPart]:
+    """The parts that assemble partials of ``sizes`` bytes, in order, into one object.
+
+    A partial of at least MIN_PART_SIZE bytes is copied by S3 in pieces of at most
+    ``copy_piece`` bytes (split evenly, so none is smaller than S3 takes). Smaller
+    partials are gathered, consecutive ones together, into parts of at least
+    MIN_PART_SIZE bytes (the last may be smaller), topped up from the start of the
+    next large partial if need be: so no part that is sent as bytes is larger than
+    ``2 * MIN_PART_SIZE``, and a final of large partials moves no byte through the
+    proxy. ValueError if it takes more than MAX_PARTS parts."""
+    parts: list[ConcatPart] = []
+    pending: list[tuple[int, int, int]] = []
+    pending_size = 0
+    for index, size in enumerate(sizes):
+        start = 0
+        if pending and size:
+            take = min(MIN_PART_SIZE - pending_size, size)
+            pending.append((index, 0, take))
+            pending_size += take
+            start = take
+            if pending_size >= MIN_PART_SIZE:
+                parts.append(ConcatPart(tuple(pending), copied=False))
+                pending, pending_size = [], 0
+        rest = size - start
+        if rest >= MIN_PART_SIZE:
+            pieces = -(-rest // copy_piece)
+            piece = -(-rest // pieces)
+            for first in range(start, size, piece):
+                parts.append(ConcatPart(((index, first, min(first + piece, size)),), copied=True))
+        elif rest:
+            pending.append((index, start, size))
+            pending_size += rest
+            if pending_size >= MIN_PART_SIZE:
+                parts.append(ConcatPart(tuple(pending), copied=False))
+                pending, pending_size = [], 0
+    if pending:
+        parts.append(ConcatPart(tuple(pending), copied=False))
+    if len(parts) > MAX_PARTS:
+        raise ValueError(f"the partial uploads make more than {MAX_PARTS} parts")
+    return parts

@@ -10,7 +10,9 @@ split by job:
 - records.py: the upload's objects in the bucket, the state written conditionally;
 - lease.py: one writer at a time across processes, a lease in the state object;
 - append.py: one PATCH body on its way into parts and a tail;
-- finish.py: publishing the object, and taking up a finish that stopped.
+- finish.py: publishing the object, and taking up a finish that stopped; sealing a
+  partial upload (tus concatenation) into its own object;
+- concat.py: partial uploads assembled into a final object, copied by S3.
 
 This store composes them into the ResumableStore interface.
 """
@@ -28,6 +30,7 @@ from proxy.storage.resumable import UploadBody, UploadState
 from proxy.storage.s3.multipart import UploadTarget
 from proxy.storage.s3.objects import S3Storage
 from proxy.storage.s3.resumable.append import Append
+from proxy.storage.s3.resumable.concat import concatenate
 from proxy.storage.s3.resumable.finish import finish_upload
 from proxy.storage.s3.resumable.lease import Leases
 from proxy.storage.s3.resumable.plan import PartLayout
@@ -111,6 +114,28 @@ class S3ResumableStore:
             storage=self.storage,
         )
         return await self.storage.cleanups.run(finishing)
+
+    async def seal(self, state: UploadState) -> UploadState:
+        # Assembled at the upload's own object key, and left there for a final.
+        own = layout.upload_object_key(state.id)
+        lease = self.leases.holding(state)
+        sealing = finish_upload(
+            state,
+            lease=lease,
+            records=self.records,
+            target=self.storage.upload_target(own, "application/octet-stream", staging_key=own),
+            storage=self.storage,
+            publishing=False,
+        )
+        await self.storage.cleanups.run(sealing)
+        assert lease.state is not None
+        return lease.state
+
+    async def concatenate(self, final: UploadState, partials: list[UploadState]) -> ObjectInfo:
+        assembling = concatenate(
+            final, partials, storage=self.storage, records=self.records, leases=self.leases
+        )
+        return await self.storage.cleanups.run(assembling)
 
     async def terminate(self, state: UploadState) -> None:
         lease = self.leases.holding(state)
