@@ -18,8 +18,10 @@ run: $(STAMP)
 
 # The README's test command. Tests that need the real S3 server start it
 # themselves through ../shared/s3 (as root) and skip without it, except in CI.
+# Two workers (pytest-xdist); the real S3 server's tests share one of them
+# (tests/conftest.py), so one RGW is started.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check proxy tests bench

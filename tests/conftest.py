@@ -410,3 +410,12 @@ def new_upload_state(length: int | None = None, key: str = "videos/clip.mp4") ->
         created=now,
         expires=now + 3600,
     )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # make test runs the suite in two pytest-xdist workers (--dist loadgroup): every
+    # test of the real S3 server goes to one of them, so that one RGW is started, not
+    # one per worker.
+    for item in items:
+        if item.get_closest_marker("real_s3") or "real_s3" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("real_s3"))
