@@ -244,12 +244,16 @@ class LocalStorage:
         try:
             with open(self.paths.meta_of(key), encoding="utf-8") as fh:
                 record = json.load(fh)
+        except FileNotFoundError:
+            self._meta.put_missing(key, version)
+            return {}
         except (OSError, ValueError):
             return {}
         if (
             not isinstance(record, dict)
             or (record.get("ino"), record.get("size"), record.get("mtime_ns")) != version
         ):
+            self._meta.put_missing(key, version)  # another version's: none for this one yet
             return {}
         self._meta.put(key, version, record)
         return record

@@ -13,6 +13,7 @@ import pytest
 from proxy.rules.keys import InvalidKey
 from proxy.storage import layout
 from proxy.storage.base import KeyConflict, ObjectNotFound
+from proxy.storage.local.meta_cache import MISSING_FOR
 from proxy.storage.local.objects import LocalStorage
 from tests.conftest import LocalView, agen
 
@@ -140,11 +141,13 @@ async def test_a_versions_metadata_is_read_once(storage: LocalStorage) -> None:
     assert (await storage.open_object("m.bin"))[0] == info
 
 
-async def test_missing_metadata_is_looked_for_again(storage: LocalStorage) -> None:
+async def test_missing_metadata_is_looked_for_again_a_second_later(storage: LocalStorage) -> None:
     info = await storage.write("m.bin", agen([b"data"]), content_type="text/plain")
     meta = storage.root / layout.meta_key("m.bin")
     record = meta.read_bytes()
     meta.unlink()  # as a reader between a publish's rename and its record sees it
     assert (await storage.stat("m.bin")).sha256 is None
     meta.write_bytes(record)
+    assert (await storage.stat("m.bin")).sha256 is None  # taken to have none, for a while
+    await asyncio.sleep(MISSING_FOR + 0.1)
     assert (await storage.stat("m.bin")) == info
