@@ -329,9 +329,7 @@ async def _check_upload(request: web.Request, who: Identity, *, open_: bool) -> 
     if not UPLOAD_ID.fullmatch(upload_id):
         return  # the handler answers 404 without looking
     owner, key = await _owner_and_key(request, upload_id)
-    _require(who.may(action, key), who, action, key)
-    if not open_ and owner is not None and owner != who.owner:
-        raise ApiError(403, "forbidden", "this upload was created by someone else")
+    _may_go_on(who, action, key, owner, open_=open_)
 
 
 def check_partial(request: web.Request, state: UploadState) -> None:
@@ -341,8 +339,13 @@ def check_partial(request: web.Request, state: UploadState) -> None:
     who, settings = request.get(_IDENTITY), request.app[AUTH]
     if who is None or (settings.open and who.signature is None):
         return  # nothing was checked: anyone may do anything
-    _require(who.may(Action.WRITE, state.key), who, Action.WRITE, state.key)
-    if not settings.open and state.owner is not None and state.owner != who.owner:
+    _may_go_on(who, Action.WRITE, state.key, state.owner, open_=settings.open)
+
+
+def _may_go_on(who: Identity, action: Action, key: str, owner: str | None, *, open_: bool) -> None:
+    """``who`` may do ``action`` to the upload of ``key`` created by ``owner``."""
+    _require(who.may(action, key), who, action, key)
+    if not open_ and owner is not None and owner != who.owner:
         raise ApiError(403, "forbidden", "this upload was created by someone else")
 
 
