@@ -128,9 +128,8 @@ async def answer(
         parts = [(b"", ByteRange(0, info.size - 1))] if info.size else []
         length = info.size
         headers["Content-Type"] = content_type
-    response = web.StreamResponse(status=status, headers=headers)
-    response.content_length = length
     if request.method == "HEAD":
+        response = _streamed(status, headers, length)
         await response.prepare(request)
         return response
 
@@ -150,7 +149,14 @@ async def answer(
         if body.held is not None:
             # Small: the head and the body go out in one write.
             return web.Response(status=status, headers=headers, body=body.held)
+        response = _streamed(status, headers, length)
         await send_body(request, response, body)
     finally:
         await body.close()
+    return response
+
+
+def _streamed(status: int, headers: dict[str, str], length: int) -> web.StreamResponse:
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = length
     return response
