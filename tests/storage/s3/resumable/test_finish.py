@@ -63,7 +63,9 @@ async def test_a_finish_that_stopped_after_complete_is_taken_up(
     any_interposer: Any, stopped: str, deferred: bool
 ) -> None:
     layer, endpoint, make_store, view = any_interposer
-    store = await make_store(endpoint, lease=1.0)
+    # Short, so that the lease a failed finish leaves runs out soon; long enough that
+    # appends to RGW on a loaded machine (two test workers) keep it renewed.
+    store = await make_store(endpoint, lease=3.0)
     pieces = [payload(3 * MiB, 1), payload(4 * MiB, 2), payload(2 * MiB + 7, 3)]
     data = b"".join(pieces)
     state = await store.create(new_upload_state(None if deferred else len(data)))
