@@ -137,6 +137,7 @@ async def _offset(http: aiohttp.ClientSession, upload: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 @pytest.mark.real_s3
 async def test_restarting_each_instance_under_load_loses_no_work(front: NginxFront) -> None:
     url = front.url

@@ -40,6 +40,7 @@ def _patch_head(offset: int, length: int) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 async def test_sigterm_drains_finishes_in_flight_and_aborts_the_rest(backend: Backend) -> None:
     port = free_port()
     settings = backend_settings(backend)

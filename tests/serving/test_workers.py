@@ -26,6 +26,7 @@ async def _workers_serving(port: int, parent: int, count: int) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 async def test_two_workers_share_the_port_are_replaced_and_drain_together(tmp_path: Path) -> None:
     port = free_port()
     proc = await start_server(

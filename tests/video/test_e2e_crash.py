@@ -78,6 +78,7 @@ def _ffmpegs(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 async def test_killed_worker_job_is_taken_over(
     crash_backend: Backend, long_clip: Clip, tmp_path: Path
 ) -> None:

@@ -37,6 +37,7 @@ JOBS = 5
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 @pytest.mark.real_s3
 async def test_two_workers_make_each_job_exactly_once(real_backend: Backend, tmp_path: Path) -> None:
     require_ffmpeg()

@@ -189,6 +189,7 @@ async def test_a_slow_body_above_the_rate_completes(backend: Backend) -> None:
 
 
 @pytest.mark.slow  # four parts stored 1.5 s apart, through moto
+@pytest.mark.alone
 async def test_time_the_storage_holds_a_body_back_is_not_the_clients(
     moto_endpoint: S3Endpoint, moto_bucket: str
 ) -> None:
@@ -233,11 +234,13 @@ SLOWEST = 60.0  # "normal speed": seconds a real upload may take beside the crow
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 async def test_a_crowd_of_stalled_and_trickling_bodies_does_not_slow_real_uploads(backend: Backend) -> None:
     await check_crowd(backend)
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 @pytest.mark.real_s3
 async def test_a_crowd_of_stalled_and_trickling_bodies_does_not_slow_real_uploads_real_s3(
     real_backend: Backend,

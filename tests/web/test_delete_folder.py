@@ -284,6 +284,7 @@ async def test_s3_failing_part_way_says_how_many_went(
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 async def test_a_huge_local_folder_does_not_hold_up_other_requests(tmp_path: Path, proxy_client: Any) -> None:
     """20,000 files: small GETs made while the delete runs are answered before it ends."""
     backend = backend_for("local", tmp_path, None, None)

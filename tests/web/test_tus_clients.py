@@ -112,6 +112,7 @@ async def head_offset(session: aiohttp.ClientSession, url: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 @pytest.mark.parametrize("crash", [False, True], ids=["restart", "crash"])
 async def test_resume_after_server_restart(backend: Backend, servers: list[Server], crash: bool) -> None:
     server = servers[0]
@@ -145,6 +146,7 @@ async def test_resume_after_server_restart(backend: Backend, servers: list[Serve
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 async def test_chunks_alternate_between_two_processes(backend: Backend, servers: list[Server]) -> None:
     data = os.urandom(19 * MiB + 3)
     chunk = 5 * MiB + 3
@@ -167,6 +169,7 @@ async def test_chunks_alternate_between_two_processes(backend: Backend, servers:
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 async def test_concurrent_patches_across_processes(backend: Backend, servers: list[Server]) -> None:
     data = os.urandom(2 * MiB)
     async with aiohttp.ClientSession() as session:

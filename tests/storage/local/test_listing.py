@@ -296,6 +296,7 @@ async def listing_threads_idle(storage: LocalStorage) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 async def test_long_walks_never_keep_a_short_request_waiting(
     big_tree: Path, proxy_client: Callable[..., Any]
 ) -> None:

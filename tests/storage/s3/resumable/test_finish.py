@@ -57,6 +57,7 @@ async def state_once_unlocked(store: S3ResumableStore, upload_id: str) -> Upload
                 await asyncio.sleep(0.25)
 
 
+@pytest.mark.alone
 @pytest.mark.parametrize("stopped", ["before_publish", "before_done"])
 @pytest.mark.parametrize("deferred", [False, True], ids=["known-length", "deferred-length"])
 async def test_a_finish_that_stopped_after_complete_is_taken_up(
