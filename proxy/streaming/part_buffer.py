@@ -13,7 +13,10 @@ In memory, the bytes live in anonymous mappings of BLOCK bytes each (mmap), not 
 malloc'd buffers: a page becomes resident only once written, and close() unmaps it,
 so the memory goes back to the system at once. Part-sized bytearrays, grown and
 freed by the hundred, fragment malloc's heap instead, and the process keeps the
-pages long after the parts are gone.
+pages long after the parts are gone. Up to SPARE_BLOCKS blocks of closed buffers
+are kept for the next ones instead of unmapped: a fresh mapping costs a page fault
+and a page of zeros per 4 KiB written, 0.65 s of CPU per GiB on a 2-core VM, and a
+steady upload cycles through the same few blocks (parts in flight, one filling).
 
 body() hands the part over as a PartBody: sized, seekable and readable, as botocore
 wants a body to be (it reads it once to sign it, and seeks back to retry), and an
@@ -57,12 +60,38 @@ PIECE = 64 * 1024
 PART_OVERHEAD = 192 * 1024
 # Reads of a spilled part, for its MD5.
 _FILE_READ = 1024 * 1024
+# Blocks kept mapped for reuse beyond what the budget counts: a 6 MiB part, four in
+# flight and one filling, reuses 30; 16 MiB more RSS at most, once uploads stop.
+SPARE_BLOCKS = 16
+_spare_blocks: list[mmap.mmap] = []
+
+
+def _new_block() -> mmap.mmap:
+    if _spare_blocks:
+        return _spare_blocks.pop()
+    # Private: a shared anonymous mapping would be shmem, kept apart.
+    return mmap.mmap(-1, BLOCK, flags=mmap.MAP_PRIVATE)
+
+
+def _retire_block(block: mmap.mmap) -> None:
+    """Keep ``block`` for reuse, or unmap it; neither while a view of it is alive (a
+    body's piece in a socket write): it is then unmapped with the last such view."""
+    if len(_spare_blocks) < SPARE_BLOCKS:
+        try:
+            block.resize(BLOCK)  # its size already: fails only while a view is exported
+        except BufferError:
+            return
+        _spare_blocks.append(block)
+        return
+    with contextlib.suppress(BufferError):
+        block.close()
 
 
 class PartBuffer:
     def __init__(self, budget: MemoryBudget) -> None:
         self._budget = budget
         self._blocks: list[mmap.mmap] = []
+        self._bodies: list[_MemoryBody] = []  # handed out over _blocks
         self._reserved = 0  # the bytes in _blocks, all reserved from the budget
         self._file: io.FileIO | None = None
         self._crc32 = 0
@@ -96,8 +125,7 @@ class PartBuffer:
         while view:
             index, start = divmod(self._reserved, BLOCK)
             if index == len(self._blocks):
-                # Private: a shared anonymous mapping would be shmem, kept apart.
-                self._blocks.append(mmap.mmap(-1, BLOCK, flags=mmap.MAP_PRIVATE))
+                self._blocks.append(_new_block())
             n = min(len(view), BLOCK - start)
             self._blocks[index][start : start + n] = view[:n]
             view = view[n:]
@@ -120,7 +148,9 @@ class PartBuffer:
     async def body(self) -> PartBody:
         """The bytes to send, from their start."""
         if self._file is None:
-            return _MemoryBody(self._blocks, self.size)
+            body = _MemoryBody(self._blocks, self.size)
+            self._bodies.append(body)
+            return body
         return _FileBody(self._file, self.size)
 
     def close(self) -> None:
@@ -134,11 +164,12 @@ class PartBuffer:
 
     def _free_blocks(self) -> None:
         blocks, self._blocks = self._blocks, []
+        # A block goes to another buffer next: no body may read it after this.
+        for body in self._bodies:
+            body.detach()
+        self._bodies.clear()
         for block in blocks:
-            # A body's piece may still point into it (a socket write in progress):
-            # then it is unmapped with the last such view instead.
-            with contextlib.suppress(BufferError):
-                block.close()
+            _retire_block(block)
 
     def _give_back(self) -> None:
         self._budget.release(self._reserved)
@@ -198,6 +229,10 @@ class _MemoryBody(PartBody):
         super().__init__(size)
         self._blocks = list(blocks)  # the buffer's list is emptied when it closes
 
+    def detach(self) -> None:
+        """The buffer closed: its blocks may hold another part's bytes from now on."""
+        self._blocks = []
+
     def _read_at(self, offset: int, n: int) -> bytes:
         views = []
         while n > 0:
@@ -213,6 +248,8 @@ class _MemoryBody(PartBody):
     def _view(self, offset: int, n: int) -> memoryview:
         """Up to ``n`` bytes at ``offset``, as far as its block goes: a view, no copy."""
         index, start = divmod(offset, BLOCK)
+        if index >= len(self._blocks):
+            raise ValueError("the part's buffer is closed")
         return memoryview(self._blocks[index])[start : start + min(n, BLOCK - start)]
 
 
