@@ -66,6 +66,7 @@ class Append:
 
     async def take(self, body: UploadBody) -> None:
         """Read all of ``body``, sending each part as it fills; the rest stays in the buffer."""
+        await self._lease.hold()  # an earlier append under this lock may have released it
         self._plan(body, self._state.offset - self._layout.in_parts)
         await self._records.read_tail(self._state, self._layout, self._part)
         chunks = aiter(body)
@@ -160,7 +161,10 @@ class Append:
             layout = self._layout
             if self._sent or body.taken:
                 layout = replace(layout, parts=layout.parts + self._sent_parts(), tail=await self._put_tail())
-            saved = await self._lease.save(body.advanced(self._state, backend=layout.backend()))
+            advanced = body.advanced(self._state, backend=layout.backend())
+            # An incomplete upload is left for the next PATCH: this save is the release
+            # (one write fewer). A complete one is published next, under the lease.
+            saved = await self._lease.save(advanced, release=not advanced.complete)
         except BaseException:
             await self.discard()
             raise

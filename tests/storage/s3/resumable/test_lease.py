@@ -14,9 +14,11 @@ from proxy.storage.resumable import UploadBody, UploadLocked, UploadState
 from proxy.storage.s3.objects import S3Storage
 from proxy.storage.s3.resumable.store import S3ResumableStore
 from tests.conftest import S3Endpoint, S3View, new_upload_state
+from tests.s3_interposer import S3Interposer
 from tests.storage.s3.resumable.support import (
     PART,
     MakeStore,
+    agen,
     append,
     chunks,
     finish,
@@ -119,4 +121,57 @@ async def test_a_lost_lease_fails_the_append_without_saving(
     layer.fault = None
     await append(other, state.id, data[100:])
     await finish(other, state.id)
+    assert view.get(state.key) == data
+
+
+def state_writes(layer: S3Interposer, upload_id: str) -> int:
+    return sum(s.method == "PUT" and s.path.endswith(f"/{state_key(upload_id)}") for s in layer.seen)
+
+
+async def test_an_append_that_leaves_the_upload_incomplete_releases_with_its_save(
+    interposer: Any, make_store: MakeStore, view: S3View
+) -> None:
+    """The lease is written by the lock and taken off by the append's save: two writes
+    of the state per PATCH, not three; the saved state holds no lease, so another
+    process takes the upload at once; the PATCH that completes it keeps the lease to
+    publish, and releases after."""
+    layer, endpoint = interposer
+    store, other = await make_store(endpoint), await make_store(endpoint)
+    data = payload(PART + 100)
+    state = await store.create(new_upload_state(len(data)))
+    await append(store, state.id, data[:PART])  # its multipart upload's id is saved too
+    assert "lease" not in json.loads(view.get(state_key(state.id)))["backend"]
+    before = state_writes(layer, state.id)
+    await append(other, state.id, data[PART : PART + 50])
+    assert state_writes(layer, state.id) - before == 2
+    async with store.lock(state.id) as held:
+        done = await store.append(held, UploadBody(agen(chunks(data[PART + 50 :])), state=held))
+        assert done.complete and "lease" in json.loads(view.get(state_key(state.id)))["backend"]
+        await store.finish(done)
+    assert view.get(state.key) == data
+    assert "lease" not in (await store.get(state.id)).backend
+
+
+async def test_a_second_append_under_one_lock_takes_the_lease_again_or_fails(
+    interposer: Any, make_store: MakeStore, view: S3View
+) -> None:
+    """Once an append's save has released the lease, another process may take the
+    upload: a further append under the first lock writes the lease again over the
+    version it saved, and fails (nothing stored) if the other process came first."""
+    layer, endpoint = interposer
+    store, other = await make_store(endpoint), await make_store(endpoint)
+    data = payload(3 * PART)
+    state = await store.create(new_upload_state(len(data)))
+    async with store.lock(state.id) as held:
+        first = await store.append(held, UploadBody(agen(chunks(data[:PART])), state=held))
+        second = await store.append(first, UploadBody(agen(chunks(data[PART : 2 * PART])), state=first))
+        assert second.offset == 2 * PART
+        async with other.lock(state.id) as taken:
+            assert taken.offset == 2 * PART
+            with pytest.raises(UploadLocked):
+                await store.append(second, UploadBody(agen(chunks(data[2 * PART :])), state=second))
+            parts_before = layer.operations().count("UploadPart")
+            last = await other.append(taken, UploadBody(agen(chunks(data[2 * PART :])), state=taken))
+            assert layer.operations().count("UploadPart") > parts_before
+            await other.finish(last)
     assert view.get(state.key) == data
