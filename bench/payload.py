@@ -20,20 +20,21 @@ class Payload:
         self._view = memoryview(self.block)
         self._sha256: dict[int, str] = {}
 
-    def blocks(self, size: int, piece: int = BLOCK_SIZE) -> Iterator[memoryview]:
-        """The first ``size`` bytes, in pieces of ``piece`` bytes (a divisor of the block)."""
+    def blocks(self, size: int, piece: int = BLOCK_SIZE, start: int = 0) -> Iterator[memoryview]:
+        """``size`` bytes from ``start``, in pieces of at most ``piece`` bytes (a divisor
+        of the block), views of the block: no copy."""
         if BLOCK_SIZE % piece:
             raise ValueError(f"piece must divide {BLOCK_SIZE}")
         sent = 0
         while sent < size:
-            offset = sent % BLOCK_SIZE
-            n = min(piece, size - sent)
+            offset = (start + sent) % BLOCK_SIZE
+            n = min(piece, size - sent, BLOCK_SIZE - offset)
             yield self._view[offset : offset + n]
             sent += n
 
-    async def stream(self, size: int) -> AsyncIterator[memoryview]:
-        """For an HTTP request body."""
-        for chunk in self.blocks(size, SEND_CHUNK):
+    async def stream(self, size: int, start: int = 0) -> AsyncIterator[memoryview]:
+        """For an HTTP request body: streamed, as a client sends a file."""
+        for chunk in self.blocks(size, SEND_CHUNK, start):
             yield chunk
 
     def slice(self, offset: int, length: int) -> bytes:

@@ -58,8 +58,17 @@ async def _send(
     offset = 0
     object_location = ""
     while offset < size:
-        data = payload.slice(start + offset, min(chunk, size - offset))
-        headers = {**TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": str(offset)}
+        # Streamed with its length, as proxy_put sends a PUT's body: a client reads a
+        # file as it sends it (one buffer of the whole chunk would time the client's
+        # copies too, of the whole file at the default chunk size).
+        length = min(chunk, size - offset)
+        headers = {
+            **TUS,
+            "Content-Type": "application/offset+octet-stream",
+            "Upload-Offset": str(offset),
+            "Content-Length": str(length),
+        }
+        data = payload.stream(length, start + offset)
         async with session.patch(url, data=data, headers=headers) as response:
             if response.status != 204:
                 text = (await response.text())[:500]
