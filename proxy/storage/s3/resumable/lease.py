@@ -19,6 +19,11 @@ one write to S3 fewer per PATCH. Should the holder go on writing under the same
 lock after all, ``hold()`` writes the lease again over the version it saved, which
 fails (UploadLocked) if another process has taken the upload since.
 
+A process also remembers the state it last wrote without a lease (Leases): the next
+lock on that upload, most often the same client's next PATCH on the same connection,
+writes its lease over that version without reading the state first. If anyone has
+written it since, the condition fails and the lock reads the state as above.
+
 If a holder stalls past its lease (a hung process, a network partition, renewals
 that keep failing), another process may take the upload over. The stalled holder
 counts its own lease from the moment it sent its last successful write, before S3
@@ -41,6 +46,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from email.utils import parsedate_to_datetime
@@ -52,6 +58,9 @@ from proxy.storage.s3.resumable.records import StateChanged, UploadRecords
 from proxy.streaming.cleanups import Cleanups
 
 log = logging.getLogger(__name__)
+# Uploads whose last state a process remembers (Leases): a client's next PATCH is
+# seconds away at most; a state with many parts holds a few hundred KiB.
+REMEMBERED_STATES = 256
 
 
 def lease_lapsed(response: dict[str, Any], seconds: float) -> bool:
@@ -89,14 +98,41 @@ class Lease:
         if self._lost:
             raise UploadLocked(f"upload {self.upload_id}: this request's lock ran out")
 
-    async def acquire(self) -> UploadState:
+    @property
+    def released(self) -> UploadState | None:
+        """The state as this lease last wrote it without itself, if that is the last
+        write: what the next lock may write its lease over without reading it."""
+        return self.state if self._released and not self._lost else None
+
+    async def acquire(self, saved: UploadState | None = None) -> UploadState:
+        """Take the lease: over ``saved`` (Leases.released) if nobody wrote the state
+        since, else over the state as read, unless another lease holds it."""
+        if saved is not None and (written := await self._take_over(saved)) is not None:
+            return written
         state, response = await self._records.read_state(self.upload_id)
         lease = state.backend.get("lease")
-        if lease is not None and not lease_lapsed(response, float(lease["seconds"])):
+        # Our own lease is there if a write of it failed but reached S3 all the same.
+        if (
+            lease is not None
+            and lease.get("holder") != self._holder
+            and not lease_lapsed(response, float(lease["seconds"]))
+        ):
             raise UploadLocked(f"upload {self.upload_id} is being written to")
         self.state = state
         async with self._mutex:
             written = await self._write(state)
+        self._renewer = asyncio.create_task(self._renew_forever())
+        return written
+
+    async def _take_over(self, saved: UploadState) -> UploadState | None:
+        self.state = saved
+        async with self._mutex:
+            try:
+                written = await self._write(saved)
+            except (UploadLocked, StorageError):
+                # Written by someone since (or the write failed): read it instead.
+                self.state, self._lost = None, False
+                return None
         self._renewer = asyncio.create_task(self._renew_forever())
         return written
 
@@ -170,11 +206,12 @@ class Lease:
                 await asyncio.wait([self._renewer])
             if self.state is None or self._lost or self._released or self.state.version is None:
                 return
-            backend = {k: v for k, v in self.state.backend.items() if k != "lease"}
+            released = replace(
+                self.state, backend={k: v for k, v in self.state.backend.items() if k != "lease"}
+            )
             try:
-                await self._records.put_state(
-                    replace(self.state, backend=backend), if_match=self.state.version
-                )
+                version = await self._records.put_state(released, if_match=self.state.version)
+                self.state, self._released = replace(released, version=version), True
             except StateChanged:
                 log.warning("upload %s was taken over before its lock was released", self.upload_id)
             except StorageError as exc:
@@ -194,6 +231,8 @@ class Leases:
         self._seconds = seconds
         self._cleanups = cleanups
         self._held: dict[str, Lease] = {}
+        # The state this process last wrote without a lease, per upload (Lease.released).
+        self._released: OrderedDict[str, UploadState] = OrderedDict()
 
     def lock(self, upload_id: str) -> contextlib.AbstractAsyncContextManager[UploadState]:
         return self._locked(upload_id)
@@ -204,13 +243,21 @@ class Leases:
             raise UploadLocked(f"upload {upload_id} is being written to")
         lease = self._held[upload_id] = Lease(self._records, upload_id, self._seconds)
         try:
-            state = await lease.acquire()
+            state = await lease.acquire(self._released.pop(upload_id, None))
             try:
                 yield state
             finally:
                 await self._cleanups.run(lease.release())
+                self._remember(lease)
         finally:
             del self._held[upload_id]
+
+    def _remember(self, lease: Lease) -> None:
+        released = lease.released
+        if released is not None and not released.done:
+            self._released[lease.upload_id] = released
+            if len(self._released) > REMEMBERED_STATES:
+                self._released.popitem(last=False)
 
     def holding(self, state: UploadState) -> Lease:
         """The lease on ``state``'s upload, which the caller must hold and still own."""

@@ -175,3 +175,30 @@ async def test_a_second_append_under_one_lock_takes_the_lease_again_or_fails(
             assert layer.operations().count("UploadPart") > parts_before
             await other.finish(last)
     assert view.get(state.key) == data
+
+
+def state_reads(layer: S3Interposer, upload_id: str) -> int:
+    return sum(s.method == "GET" and s.path.endswith(f"/{state_key(upload_id)}") for s in layer.seen)
+
+
+async def test_the_next_lock_of_this_process_writes_over_the_state_it_saved_without_reading_it(
+    interposer: Any, make_store: MakeStore, view: S3View
+) -> None:
+    """A client's PATCHes one after the other to one process: each lock writes its lease
+    over the state the PATCH before saved, with no read of it; once another process has
+    written it, the condition fails and the lock reads it as usual."""
+    layer, endpoint = interposer
+    store, other = await make_store(endpoint), await make_store(endpoint)
+    data = payload(4 * PART)
+    state = await store.create(new_upload_state(len(data)))
+    await append(store, state.id, data[:PART])
+    reads = state_reads(layer, state.id)
+    await append(store, state.id, data[PART : 2 * PART])
+    assert state_reads(layer, state.id) == reads  # written over what it saved
+    await append(other, state.id, data[2 * PART : 3 * PART])  # another process, meanwhile
+    reads = state_reads(layer, state.id)
+    done = await append(store, state.id, data[3 * PART :])
+    assert state_reads(layer, state.id) > reads  # its condition failed: read, then locked
+    assert done.offset == len(data)
+    await finish(store, state.id)
+    assert view.get(state.key) == data
