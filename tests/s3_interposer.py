@@ -27,6 +27,12 @@ class Seen:
     content_length: str | None
     transfer_encoding: str | None
     body_size: int
+    decoded_length: str | None = None  # x-amz-decoded-content-length of an aws-chunked body
+
+    @property
+    def payload_size(self) -> int:
+        """The bytes the request stores: the body's, its aws-chunked framing aside."""
+        return int(self.decoded_length) if self.decoded_length is not None else self.body_size
 
     @property
     def is_writer_upkeep(self) -> bool:
@@ -91,6 +97,7 @@ class S3Interposer:
             request.headers.get("Content-Length"),
             request.headers.get("Transfer-Encoding"),
             len(body),
+            request.headers.get("x-amz-decoded-content-length"),
         )
         self.seen.append(seen)
         is_part = seen.operation == "UploadPart"

@@ -123,8 +123,18 @@ TUS_EXPIRED = Counter(
     registry=REGISTRY,
 )
 
+S3_PARTS = Counter(
+    "stream_proxy_s3_parts_total",
+    "Parts of multipart uploads sent to S3, by path: streamed while they filled (a tus PATCH's), "
+    "or whole through botocore",
+    ["path"],
+    registry=REGISTRY,
+)
+
 # The children of labelled metrics that are used on every call, made once.
 READS_RELAYED = S3_READS.labels("relay")
 READS_BOTOCORE = S3_READS.labels("botocore")
+PARTS_STREAMED = S3_PARTS.labels("streamed")
+PARTS_WHOLE = S3_PARTS.labels("whole")
 BUDGET_BUFFERED = MEMORY_BUDGET_USED.labels("buffered")
 BUDGET_CHARGED = MEMORY_BUDGET_USED.labels("charged")

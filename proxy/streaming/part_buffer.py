@@ -18,6 +18,9 @@ are kept for the next ones instead of unmapped: a fresh mapping costs a page fau
 and a page of zeros per 4 KiB written, 0.65 s of CPU per GiB on a 2-core VM, and a
 steady upload cycles through the same few blocks (parts in flight, one filling).
 
+A part may also be read while it fills (``until_stored`` and ``read_piece``), by an
+upload that streams it to S3 as its bytes come (s3.part_stream).
+
 body() hands the part over as a PartBody: sized, seekable and readable, as botocore
 wants a body to be (it reads it once to sign it, and seeks back to retry), and an
 async iterable of pieces of at most PIECE bytes, which aiohttp sends one by one,
@@ -97,6 +100,9 @@ class PartBuffer:
         self._crc32 = 0
         self._charged = 0
         self.size = 0
+        self._stored = 0  # of size, the bytes in memory or in the file: readable
+        self._grew: asyncio.Event | None = None  # set when _stored grows, for a reader waiting
+        self._closed = False
 
     @property
     def spilled(self) -> bool:
@@ -117,8 +123,34 @@ class PartBuffer:
         self.size += len(data)
         if self._file is None and self._budget.try_acquire(len(data)):
             self._copy_in(data)
+            self._now_stored(self.size)
             return
-        await _finished(self._write_to_file(data))
+        await _finished(self._write_to_file(data, self.size))
+
+    def _now_stored(self, size: int) -> None:
+        self._stored = size
+        if self._grew is not None:
+            self._grew.set()
+            self._grew = None
+
+    async def until_stored(self, size: int) -> None:
+        """Wait until the first ``size`` bytes can be read; ValueError once closed."""
+        while self._stored < size:
+            if self._closed:
+                raise ValueError("the part's buffer is closed")
+            if self._grew is None:
+                self._grew = asyncio.Event()
+            await self._grew.wait()
+
+    async def read_piece(self, offset: int, n: int) -> memoryview:
+        """Up to ``n`` stored bytes at ``offset`` (fewer at a block's end), as they
+        are now: a view of memory, or read from the file in a thread."""
+        if self._closed or offset + n > self._stored:
+            raise ValueError(f"bytes {offset}+{n} of the part are not stored")
+        if self._blocks:  # a part moving to its file reads from memory until it is there
+            return _view_of(self._blocks, offset, n)
+        assert self._file is not None
+        return await _pread_piece(self._file, offset, n)
 
     def _copy_in(self, data: Bytes) -> None:
         view = memoryview(data)
@@ -131,13 +163,14 @@ class PartBuffer:
             view = view[n:]
             self._reserved += n
 
-    async def _write_to_file(self, data: Bytes) -> None:
+    async def _write_to_file(self, data: Bytes, size: int) -> None:
         if self._file is None:
             self._file = await asyncio.to_thread(_new_file)
             await asyncio.to_thread(_write_blocks, self._file, self._blocks, self._reserved)
             self._free_blocks()
             self._give_back()
         await asyncio.to_thread(_write_all, self._file, data)
+        self._now_stored(size)
 
     async def md5(self) -> bytes:
         """The MD5 of the bytes (what S3 makes a part's ETag of), computed in a thread."""
@@ -155,6 +188,8 @@ class PartBuffer:
 
     def close(self) -> None:
         """Free the memory and the file; safe to call more than once."""
+        self._closed = True
+        self._now_stored(self._stored)  # a reader waiting finds it closed
         self._free_blocks()
         self._give_back()
         self._budget.refund(self._charged)
@@ -246,11 +281,7 @@ class _MemoryBody(PartBody):
         return self._view(offset, n)
 
     def _view(self, offset: int, n: int) -> memoryview:
-        """Up to ``n`` bytes at ``offset``, as far as its block goes: a view, no copy."""
-        index, start = divmod(offset, BLOCK)
-        if index >= len(self._blocks):
-            raise ValueError("the part's buffer is closed")
-        return memoryview(self._blocks[index])[start : start + min(n, BLOCK - start)]
+        return _view_of(self._blocks, offset, n)
 
 
 class _FileBody(PartBody):
@@ -264,15 +295,26 @@ class _FileBody(PartBody):
         return os.pread(self._file.fileno(), n, offset)
 
     async def _piece_at(self, offset: int, n: int) -> memoryview:
-        # One piece per trip to a worker thread: every part in flight holds the piece
-        # it is sending, so reading further ahead costs memory by the hundreds of
-        # parts (256 KiB ahead: 30 MiB more RSS in bench/memory.py's runs). It is
-        # allocated here, on the event loop's thread: buffers allocated in worker
-        # threads come from malloc arenas of their own, which hold on to memory once
-        # freed.
-        piece = bytearray(n)
-        got = await asyncio.to_thread(os.preadv, self._file.fileno(), [piece], offset)
-        return memoryview(piece)[:got]
+        return await _pread_piece(self._file, offset, n)
+
+
+def _view_of(blocks: list[mmap.mmap], offset: int, n: int) -> memoryview:
+    """Up to ``n`` bytes at ``offset``, as far as its block goes: a view, no copy."""
+    index, start = divmod(offset, BLOCK)
+    if index >= len(blocks):
+        raise ValueError("the part's buffer is closed")
+    return memoryview(blocks[index])[start : start + min(n, BLOCK - start)]
+
+
+async def _pread_piece(file: io.FileIO, offset: int, n: int) -> memoryview:
+    # One piece per trip to a worker thread: every part in flight holds the piece it
+    # is sending, so reading further ahead costs memory by the hundreds of parts
+    # (256 KiB ahead: 30 MiB more RSS in bench/memory.py's runs). It is allocated
+    # here, on the event loop's thread: buffers allocated in worker threads come from
+    # malloc arenas of their own, which hold on to memory once freed.
+    piece = bytearray(n)
+    got = await asyncio.to_thread(os.preadv, file.fileno(), [piece], offset)
+    return memoryview(piece)[:got]
 
 
 async def _finished(work: Coroutine[Any, Any, None]) -> None:

@@ -14,8 +14,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from proxy.metrics.definitions import PARTS_STREAMED, PARTS_WHOLE
 from proxy.storage.base import StorageError, UpstreamError
 from proxy.storage.s3.errors import error_code, quoted_etag, upstream
+from proxy.storage.s3.part_stream import PartStreamer
 from proxy.streaming.part_buffer import PartBuffer
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class UploadTarget:
     # Send each body's CRC32, computed as its bytes came (request_checksum_calculation
     # "when_supported"), so that botocore does not read the body again to compute it.
     checksums: bool = True
+    # Sends a part while it fills (plain HTTP endpoints only): PartSender.stream.
+    streamer: PartStreamer | None = None
 
     def checksum_args(self, part: PartBuffer) -> dict[str, str]:
         return {"ChecksumCRC32": part.crc32} if self.checksums else {}
@@ -171,6 +175,25 @@ class PartSender:
     def start(self, number: int, part: PartBuffer) -> None:
         self._tasks.add(asyncio.ensure_future(self._upload(number, part)))
 
+    def stream(self, number: int, part: PartBuffer, size: int, streamer: PartStreamer) -> StreamedPart:
+        """Send part ``number`` while ``part`` fills to ``size`` bytes. The buffer stays
+        the caller's until StreamedPart.hand_over() (it is whole), or withdraw()."""
+        streamed = StreamedPart(number, part)
+        streamed.task = asyncio.ensure_future(self._stream(streamed, size, streamer))
+        self._tasks.add(streamed.task)
+        return streamed
+
+    async def withdraw(self, streamed: StreamedPart) -> None:
+        """Stop sending a part that will not be whole (its body was cut off): S3 drops
+        what it got of it, and its buffer is left to the caller."""
+        task = streamed.task
+        task.cancel()
+        await asyncio.wait([task])
+        self._tasks.discard(task)
+        if not task.cancelled():
+            with contextlib.suppress(BaseException):
+                task.result()
+
     async def wait_all(self) -> None:
         """Wait for every part started; raises the first part failure."""
         while self._tasks:
@@ -189,25 +212,62 @@ class PartSender:
         self._tasks.clear()
 
     async def _upload(self, number: int, part: PartBuffer) -> None:
-        target = self._target
         try:
-            response = await upstream(
-                target.client.upload_part(
-                    Bucket=target.bucket,
-                    Key=target.staging_key,
-                    UploadId=self._upload_id,
-                    PartNumber=number,
-                    Body=await part.body(),
-                    ContentLength=part.size,
-                    **target.checksum_args(part),
-                )
-            )
-            self.etags[number] = response["ETag"]
+            self.etags[number] = await self._send_whole(number, part)
         finally:
             part.close()
+
+    async def _stream(self, streamed: StreamedPart, size: int, streamer: PartStreamer) -> None:
+        target, number, part = self._target, streamed.number, streamed.part
+        try:
+            etag = await streamer.send(target.staging_key, self._upload_id, number, part, size)
+            if etag is None:  # not streamed: sent through botocore once whole
+                await part.until_stored(size)
+                etag = await self._send_whole(number, part)
+            else:
+                PARTS_STREAMED.inc()
+            self.etags[number] = etag
+        finally:
+            streamed.done = True
+            if streamed.handed_over:
+                part.close()
+
+    async def _send_whole(self, number: int, part: PartBuffer) -> str:
+        target = self._target
+        PARTS_WHOLE.inc()
+        response = await upstream(
+            target.client.upload_part(
+                Bucket=target.bucket,
+                Key=target.staging_key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=await part.body(),
+                ContentLength=part.size,
+                **target.checksum_args(part),
+            )
+        )
+        etag: str = response["ETag"]
+        return etag
 
     async def _wait_any(self) -> None:
         done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
         self._tasks -= done
         for task in done:
             task.result()  # re-raise the first part failure
+
+
+class StreamedPart:
+    """A part on its way to S3 while its buffer still fills (PartSender.stream)."""
+
+    def __init__(self, number: int, part: PartBuffer) -> None:
+        self.number = number
+        self.part = part
+        self.task: asyncio.Future[None]
+        self.handed_over = False
+        self.done = False
+
+    def hand_over(self) -> None:
+        """The part is whole: its buffer is the sender's now, closed once sent."""
+        self.handed_over = True
+        if self.done:
+            self.part.close()

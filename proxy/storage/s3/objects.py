@@ -22,6 +22,8 @@ from proxy.storage.s3.deadlines import DeadlineClient
 from proxy.storage.s3.errors import quoted_etag, upstream
 from proxy.storage.s3.folders import delete_prefix
 from proxy.storage.s3.multipart import SHA256_META, UploadTarget
+from proxy.storage.s3.part_stream import PartStreamer
+from proxy.storage.s3.plain_http import PlainEndpoint
 from proxy.storage.s3.put import S3Upload, UploadSettings
 from proxy.storage.s3.relay import S3Relay
 from proxy.storage.s3.writers import Writers
@@ -87,6 +89,7 @@ class S3Storage:
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self._relay: S3Relay | None = None
+        self._part_streamer: PartStreamer | None = None
         # Records of the multipart uploads in progress, for other processes to abort
         # should this one die; and the sweep that does so for others.
         self.writers = Writers(self.bucket)
@@ -103,14 +106,17 @@ class S3Storage:
         )
         # Measured outside the deadline, so that a call past it counts as failed.
         self._client = MeasuredClient(DeadlineClient(client, self.cfg.call_timeout))
-        self._relay = await S3Relay.for_client(
-            client,
-            self._session,
-            self.bucket,
-            max_connections=self.cfg.max_pool_connections,
-            connect_timeout=self.cfg.connect_timeout,
-            read_timeout=self.cfg.read_timeout,
-        )
+        endpoint = await PlainEndpoint.for_client(client, self._session, self.bucket)
+        if endpoint is not None:
+            self._relay = S3Relay(
+                endpoint,
+                max_connections=self.cfg.max_pool_connections,
+                connect_timeout=self.cfg.connect_timeout,
+                read_timeout=self.cfg.read_timeout,
+            )
+            self._part_streamer = PartStreamer(
+                endpoint, connect_timeout=self.cfg.connect_timeout, read_timeout=self.cfg.read_timeout
+            )
         await self.writers.start(self._client)
 
     async def close(self) -> None:
@@ -132,7 +138,13 @@ class S3Storage:
             staging_key = layout.writer_staging_key(self.writers.writer_id, uuid.uuid4().hex)
         checksums = self.cfg.request_checksum_calculation == "when_supported"
         return UploadTarget(
-            self.client, self.bucket, key, content_type, staging_key=staging_key, checksums=checksums
+            self.client,
+            self.bucket,
+            key,
+            content_type,
+            staging_key=staging_key,
+            checksums=checksums,
+            streamer=self._part_streamer,
         )
 
     async def write(

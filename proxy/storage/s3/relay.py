@@ -16,23 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
-from urllib.parse import quote, urlsplit
 
-from botocore.exceptions import BotoCoreError
-
-from proxy.rules.response_head import MalformedHead, ResponseHead, parse_head, split_head
-from proxy.rules.sigv4 import Credentials, SigningKeys, signed_headers
+from proxy.rules.response_head import MalformedHead, ResponseHead
 from proxy.storage.base import ObjectNotFound, UpstreamError
+from proxy.storage.s3.plain_http import PlainEndpoint, read_head
 from proxy.streaming.splice import SourceError, send_all, splice_exactly
 
-RECV_BYTES = 16 * 1024
 # Tells these requests apart from botocore's in the server's logs.
 USER_AGENT = "stream-proxy-relay"
-# Any key will do: only the URL botocore builds around it matters.
-_PROBE_KEY = "probe"
 
 
 class S3Relay:
@@ -41,25 +33,13 @@ class S3Relay:
 
     def __init__(
         self,
-        object_url_prefix: str,
-        credentials: Any,
-        region: str,
+        endpoint: PlainEndpoint,
         *,
         max_connections: int,
         connect_timeout: float,
         read_timeout: float,
     ) -> None:
-        parts = urlsplit(object_url_prefix)
-        if parts.scheme != "http" or parts.hostname is None:
-            raise ValueError(f"not a plain HTTP URL: {object_url_prefix}")
-        self._origin = f"http://{parts.netloc}"
-        self._path_prefix = parts.path
-        self._address = (parts.hostname, parts.port or 80)
-        # As botocore signs it: the default port is left out.
-        hostname = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        self._host = hostname if parts.port in (None, 80) else f"{hostname}:{parts.port}"
-        self._credentials = credentials
-        self._signing_keys = SigningKeys(region)
+        self._endpoint = endpoint
         self._slots = asyncio.Semaphore(max_connections)
         self._max_idle = max_connections
         self._idle: list[socket.socket] = []
@@ -67,35 +47,6 @@ class S3Relay:
         self.movers = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="s3-relay")
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-
-    @classmethod
-    async def for_client(
-        cls,
-        client: Any,
-        session: Any,
-        bucket: str,
-        *,
-        max_connections: int,
-        connect_timeout: float,
-        read_timeout: float,
-    ) -> S3Relay | None:
-        """A relay to ``bucket`` through the endpoint and addressing ``client`` uses;
-        None when that is HTTPS or there are no credentials to sign with."""
-        url = await client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": _PROBE_KEY})
-        base = str(url).split("?", 1)[0]
-        if not base.startswith("http://") or not base.endswith("/" + _PROBE_KEY):
-            return None
-        credentials = await session.get_credentials()
-        if credentials is None:
-            return None
-        return cls(
-            base.removesuffix(_PROBE_KEY),
-            credentials,
-            client.meta.region_name or "us-east-1",
-            max_connections=max_connections,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-        )
 
     def close(self) -> None:
         # Called once no request is left, so no thread is moving anything.
@@ -155,21 +106,11 @@ class S3Relay:
         # An ETag is whatever the server sent: never let it shape the request.
         if not etag.isascii() or not etag.isprintable():
             return None
-        # Keys are percent-encoded as botocore encodes the {Key+} label.
-        path = self._path_prefix + quote(key, safe="/~")
-        headers = {"Host": self._host, "If-Match": etag}
+        headers = {"If-Match": etag}
         if byte_range is not None:
             headers["Range"] = byte_range
-        try:
-            frozen = await self._credentials.get_frozen_credentials()
-        except BotoCoreError:
-            return None  # e.g. a role's refresh failed: botocore reports it properly
-        credentials = Credentials(frozen.access_key, frozen.secret_key, frozen.token)
-        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        signed = signed_headers("GET", path, headers, credentials, self._signing_keys, amz_date)
-        lines = [f"GET {path} HTTP/1.1", *(f"{name}: {value}" for name, value in signed.items())]
-        lines.append(f"User-Agent: {USER_AGENT}")  # left unsigned, as botocore does
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+        signed = await self._endpoint.request_head("GET", key, headers, user_agent=USER_AGENT)
+        return None if signed is None else signed[0]
 
     async def _exchange(self, request: bytes) -> tuple[socket.socket, ResponseHead, bytes] | None:
         idle = self._idle_connection()
@@ -180,7 +121,7 @@ class S3Relay:
             if answer is not None:
                 return idle, *answer
         try:
-            sock = await self._connect()
+            sock = await self._endpoint.connect(self.connect_timeout)
         except OSError:
             return None
         answer = await self._try(sock, request)
@@ -209,43 +150,9 @@ class S3Relay:
             sock.close()  # closed by the server, or bytes nobody asked for
         return None
 
-    async def _connect(self) -> socket.socket:
-        loop = asyncio.get_running_loop()
-        host, port = self._address
-        failure: OSError = OSError(f"no address for {host}")
-        for family, kind, proto, _, address in await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-                async with asyncio.timeout(self.connect_timeout):
-                    await loop.sock_connect(sock, address)
-            except OSError as exc:
-                sock.close()
-                failure = exc
-                continue
-            except BaseException:
-                sock.close()
-                raise
-            return sock
-        raise failure
-
     async def _round_trip(self, sock: socket.socket, request: bytes) -> tuple[ResponseHead, bytes]:
-        loop = asyncio.get_running_loop()
-        await loop.sock_sendall(sock, request)
-        received = b""
-        while (split := split_head(received)) is None:
-            try:
-                async with asyncio.timeout(self.read_timeout):
-                    data = await loop.sock_recv(sock, RECV_BYTES)
-            except TimeoutError as exc:
-                raise UpstreamError(f"S3 sent no answer in {self.read_timeout:g} s") from exc
-            if not data:
-                raise ConnectionResetError("S3 closed the connection before answering")
-            received += data
-        head, rest = split
-        return parse_head(head), rest
+        await asyncio.get_running_loop().sock_sendall(sock, request)
+        return await read_head(sock, self.read_timeout)
 
 
 class OpenedRange:

@@ -20,6 +20,7 @@ from botocore.exceptions import CredentialRetrievalError
 
 from proxy.storage.base import BodyRelay, ObjectNotFound, UpstreamError
 from proxy.storage.s3.objects import S3Storage
+from proxy.storage.s3.plain_http import PlainEndpoint
 from proxy.storage.s3.relay import USER_AGENT, S3Relay
 from tests.conftest import MiB, S3Endpoint, S3View, make_bucket, s3_config, wait_until
 from tests.net import TcpTap, receive, tcp_pair
@@ -250,9 +251,7 @@ async def test_credentials_that_cannot_be_refreshed_leave_the_read_to_botocore()
     }
     credentials = AioRefreshableCredentials.create_from_metadata(expired, refresh, "test")
     relay = S3Relay(
-        "http://127.0.0.1:9/bucket/",
-        credentials,
-        "us-east-1",
+        PlainEndpoint.of("http://127.0.0.1:9/bucket/", credentials, "us-east-1"),
         max_connections=1,
         connect_timeout=1,
         read_timeout=1,
@@ -277,9 +276,7 @@ async def test_a_small_body_cut_short_is_an_upstream_error() -> None:
 
     credentials = AioRefreshableCredentials.create_from_metadata(fresh, refresh, "test")
     relay = S3Relay(
-        f"http://127.0.0.1:{port}/bucket/",
-        credentials,
-        "us-east-1",
+        PlainEndpoint.of(f"http://127.0.0.1:{port}/bucket/", credentials, "us-east-1"),
         max_connections=1,
         connect_timeout=5,
         read_timeout=5,

@@ -2,7 +2,9 @@
 
 An append reads the upload's tail, adds the chunk, sends every part that is full,
 writes the rest to a new tail object (a new token each time) and saves a state that
-names it, with every part's number, ETag and size. The old tail is deleted only after
+names it, with every part's number, ETag and size. A part that the PATCH's announced
+length will fill is sent while it fills, where the endpoint allows it
+(s3.part_stream), so a PATCH of one part goes about as fast as a PUT. The old tail is deleted only after
 that save, so a saved state always names a tail that exists. Tails of appends that
 never got saved stay under the upload's prefix until the upload is terminated or
 expires, which removes the whole prefix.
@@ -18,7 +20,7 @@ from dataclasses import replace
 from proxy.storage.base import ObjectTooLarge, StorageError
 from proxy.storage.resumable import UploadBody, UploadState
 from proxy.storage.s3.limits import MAX_PARTS
-from proxy.storage.s3.multipart import PartSender, UploadTarget
+from proxy.storage.s3.multipart import PartSender, StreamedPart, UploadTarget
 from proxy.storage.s3.resumable.lease import Lease
 from proxy.storage.s3.resumable.plan import PartLayout, leftover_is_part, part_target
 from proxy.storage.s3.resumable.records import UploadRecords
@@ -56,6 +58,7 @@ class Append:
         self._number = len(self._layout.parts) + 1
         self._sent: list[tuple[int, int]] = []  # (number, size) of the parts this append sent
         self._sender: PartSender | None = None
+        self._streamed: StreamedPart | None = None  # the part being filled, on its way already
         self._creating: asyncio.Future[None] | None = None
         self._part = PartBuffer(budget)
         self._fill_to = 0  # the size at which the part in the buffer is sent
@@ -69,12 +72,14 @@ class Append:
         await self._lease.hold()  # an earlier append under this lock may have released it
         self._plan(body, self._state.offset - self._layout.in_parts)
         await self._records.read_tail(self._state, self._layout, self._part)
+        await self._start_streaming(body)
         chunks = aiter(body)
         while True:
             # A cut-off append may have kept a whole part as its tail.
             if self._part.size >= self._fill_to:
                 await self._send_part()
                 self._plan(body, 0)
+                await self._start_streaming(body)
             if not self._pending:
                 chunk = await self._next(chunks)
                 if chunk is None:
@@ -101,9 +106,35 @@ class Append:
             self.body_failed = True
             raise
 
+    async def _start_streaming(self, body: UploadBody) -> None:
+        """Send the part being filled while it fills, if the body's announced length
+        fills it and the endpoint allows it."""
+        streamer = self._target.streamer
+        if streamer is None or body.expected is None or self._number > MAX_PARTS:
+            return
+        to_come = max(body.expected - body.taken, 0) + len(self._pending)
+        if self._part.size + to_come < self._fill_to:
+            return  # this PATCH ends before the part does: it goes as a tail or at save()
+        sender = await self._part_sender()
+        await sender.wait_for_slot()
+        self._streamed = sender.stream(self._number, self._part, self._fill_to, streamer)
+
     async def _send_part(self) -> None:
         if self._number > MAX_PARTS:
             raise ObjectTooLarge(f"the upload needs more than {MAX_PARTS} parts")
+        part, streamed = self._part, self._streamed
+        if streamed is not None:  # on its way already: it is whole now
+            self._streamed = None
+            streamed.hand_over()
+        else:
+            sender = await self._part_sender()
+            await sender.wait_for_slot()
+            sender.start(self._number, part)
+        self._part = PartBuffer(self._budget)
+        self._sent.append((self._number, part.size))
+        self._number += 1
+
+    async def _part_sender(self) -> PartSender:
         if self._sender is None:
             if self._layout.upload_id is None:
                 # Shielded: a multipart upload must not exist without a state naming it.
@@ -113,11 +144,7 @@ class Append:
             self._sender = self._target.part_sender(
                 self._layout.upload_id, max_concurrency=self._max_concurrency
             )
-        await self._sender.wait_for_slot()
-        part, self._part = self._part, PartBuffer(self._budget)
-        self._sender.start(self._number, part)
-        self._sent.append((self._number, part.size))
-        self._number += 1
+        return self._sender
 
     async def _create_multipart(self) -> None:
         target = self._target
@@ -143,6 +170,7 @@ class Append:
         on any failure, discard() instead."""
         try:
             await self._settle()
+            await self._withdraw_streamed()
             # Cancelled between taking a chunk and buffering all of it: body.taken
             # (and the hash) count those bytes, so they are stored too.
             pending, self._pending = self._pending, memoryview(b"")
@@ -187,6 +215,14 @@ class Append:
         self._new_tail = self._records.new_tail()
         await self._records.put_tail(self._state.id, self._new_tail, self._part)
         return self._new_tail
+
+    async def _withdraw_streamed(self) -> None:
+        """The body was cut off before the part on its way was whole: that part will
+        not be, so its bytes are kept like any others that do not fill a part."""
+        streamed, self._streamed = self._streamed, None
+        if streamed is not None:
+            assert self._sender is not None
+            await self._sender.withdraw(streamed)
 
     async def discard(self) -> None:
         """Give up this append: stop its parts, free its buffer, remove its tail. The

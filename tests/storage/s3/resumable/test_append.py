@@ -155,7 +155,7 @@ def tail_writes(layer: S3Interposer) -> list[str]:
 
 def part_sizes(layer: S3Interposer) -> dict[int, int]:
     """The size of each part number as last sent, by number."""
-    sizes = {int(s.query["partNumber"]): s.body_size for s in layer.seen if s.operation == "UploadPart"}
+    sizes = {int(s.query["partNumber"]): s.payload_size for s in layer.seen if s.operation == "UploadPart"}
     return dict(sorted(sizes.items()))
 
 

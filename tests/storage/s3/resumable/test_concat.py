@@ -81,7 +81,7 @@ async def test_small_partials_are_sent_as_parts(
     final = await concatenate(store, [p.id for p in reversed(parts)], sum(map(len, data)))
     whole = b"".join(reversed(data))
     assert view.get(final.key) == whole
-    sent = [s.body_size for s in calls(layer, since) if s.operation == "UploadPart"]
+    sent = [s.payload_size for s in calls(layer, since) if s.operation == "UploadPart"]
     assert sorted(sent) == sorted([5 * 1024 * 1024, len(whole) - 5 * 1024 * 1024])
 
 

@@ -62,7 +62,7 @@ async def test_appends_of_odd_sizes_then_finish(
     await round_trip(store, view, known_length=known_length)
     parts = [s for s in layer.seen if s.operation == "UploadPart"]
     assert parts and all(p.content_length == str(p.body_size) for p in parts)
-    assert all(p.body_size == PART for p in parts[:-1])
+    assert all(p.payload_size == PART for p in parts[:-1])
     assert layer.max_parts_in_flight <= 2
 
 
