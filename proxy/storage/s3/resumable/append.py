@@ -2,12 +2,14 @@
 
 An append reads the upload's tail, adds the chunk, sends every part that is full,
 writes the rest to a new tail object (a new token each time) and saves a state that
-names it, with every part's number, ETag and size. A part that the PATCH's announced
-length will fill is sent while it fills, where the endpoint allows it
-(s3.part_stream), so a PATCH of one part goes about as fast as a PUT. The old tail is deleted only after
+names it, with every part's number, ETag and size. The old tail is deleted only after
 that save, so a saved state always names a tail that exists. Tails of appends that
 never got saved stay under the upload's prefix until the upload is terminated or
 expires, which removes the whole prefix.
+
+A part that the PATCH's announced length will fill is sent while it fills, where the
+endpoint allows it (s3.part_stream): a PATCH that is one part then takes about the
+time of its bytes' transfer, not that of receiving them and then sending them.
 """
 
 from __future__ import annotations
