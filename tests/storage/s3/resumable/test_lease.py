@@ -124,8 +124,9 @@ async def test_a_lost_lease_fails_the_append_without_saving(
     assert view.get(state.key) == data
 
 
-def state_writes(layer: S3Interposer, upload_id: str) -> int:
-    return sum(s.method == "PUT" and s.path.endswith(f"/{state_key(upload_id)}") for s in layer.seen)
+def state_calls(layer: S3Interposer, method: str, upload_id: str) -> int:
+    """How many ``method`` requests went to the upload's state object."""
+    return sum(s.method == method and s.path.endswith(f"/{state_key(upload_id)}") for s in layer.seen)
 
 
 async def test_an_append_that_leaves_the_upload_incomplete_releases_with_its_save(
@@ -141,9 +142,9 @@ async def test_an_append_that_leaves_the_upload_incomplete_releases_with_its_sav
     state = await store.create(new_upload_state(len(data)))
     await append(store, state.id, data[:PART])  # its multipart upload's id is saved too
     assert "lease" not in json.loads(view.get(state_key(state.id)))["backend"]
-    before = state_writes(layer, state.id)
+    before = state_calls(layer, "PUT", state.id)
     await append(other, state.id, data[PART : PART + 50])
-    assert state_writes(layer, state.id) - before == 2
+    assert state_calls(layer, "PUT", state.id) - before == 2
     async with store.lock(state.id) as held:
         done = await store.append(held, UploadBody(agen(chunks(data[PART + 50 :])), state=held))
         assert done.complete and "lease" in json.loads(view.get(state_key(state.id)))["backend"]
@@ -177,10 +178,6 @@ async def test_a_second_append_under_one_lock_takes_the_lease_again_or_fails(
     assert view.get(state.key) == data
 
 
-def state_reads(layer: S3Interposer, upload_id: str) -> int:
-    return sum(s.method == "GET" and s.path.endswith(f"/{state_key(upload_id)}") for s in layer.seen)
-
-
 async def test_the_next_lock_of_this_process_writes_over_the_state_it_saved_without_reading_it(
     interposer: Any, make_store: MakeStore, view: S3View
 ) -> None:
@@ -192,13 +189,13 @@ async def test_the_next_lock_of_this_process_writes_over_the_state_it_saved_with
     data = payload(4 * PART)
     state = await store.create(new_upload_state(len(data)))
     await append(store, state.id, data[:PART])
-    reads = state_reads(layer, state.id)
+    reads = state_calls(layer, "GET", state.id)
     await append(store, state.id, data[PART : 2 * PART])
-    assert state_reads(layer, state.id) == reads  # written over what it saved
+    assert state_calls(layer, "GET", state.id) == reads  # written over what it saved
     await append(other, state.id, data[2 * PART : 3 * PART])  # another process, meanwhile
-    reads = state_reads(layer, state.id)
+    reads = state_calls(layer, "GET", state.id)
     done = await append(store, state.id, data[3 * PART :])
-    assert state_reads(layer, state.id) > reads  # its condition failed: read, then locked
+    assert state_calls(layer, "GET", state.id) > reads  # its condition failed: read, then locked
     assert done.offset == len(data)
     await finish(store, state.id)
     assert view.get(state.key) == data

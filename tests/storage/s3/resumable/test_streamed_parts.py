@@ -64,6 +64,13 @@ async def patch(
         return await store.append(state, UploadBody(body, state=state, expected=size))
 
 
+async def check_finished(store: S3ResumableStore, view: S3View, state: UploadState, data: bytes) -> None:
+    """Finish the upload: the object holds ``data``, and no buffer is left."""
+    await finish(store, state.id)
+    assert view.get(state.key) == data
+    assert store.storage.budget.in_use == 0
+
+
 def streamed_bytes(tap: TcpTap) -> int:
     return max((len(c.sent) for c in tap.connections if USER_AGENT.encode() in c.sent), default=0)
 
@@ -93,9 +100,7 @@ async def test_a_part_is_on_its_way_before_its_patch_body_has_ended(
     for start in (PATCH, 2 * PATCH):
         await patch(store, state.id, agen(chunks(data[start : start + PATCH])), PATCH)
     assert (parts_sent("streamed") - streamed, parts_sent("whole") - whole) == (3, 0)
-    await finish(store, state.id)
-    assert S3View(endpoint, bucket).get(state.key) == data
-    assert store.storage.budget.in_use == 0
+    await check_finished(store, S3View(endpoint, bucket), state, data)
 
 
 async def test_a_patch_cut_short_keeps_its_bytes_and_drops_the_part_it_began(
@@ -113,9 +118,7 @@ async def test_a_patch_cut_short_keeps_its_bytes_and_drops_the_part_it_began(
     assert kept.offset == cut and [size for _, _, size in kept.backend["parts"]] == [cut]
     assert "tail" not in kept.backend and parts_sent("whole") - whole == 1
     await patch(store, state.id, agen(chunks(data[cut:])), len(data) - cut)
-    await finish(store, state.id)
-    assert S3View(endpoint, bucket).get(state.key) == data
-    assert store.storage.budget.in_use == 0
+    await check_finished(store, S3View(endpoint, bucket), state, data)
 
 
 async def test_a_part_that_cannot_be_streamed_is_sent_whole(
