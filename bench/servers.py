@@ -219,6 +219,11 @@ async def real_s3(settings: Settings) -> AsyncIterator[S3Endpoint]:
         "S3_MON_V2_PORT": str(mon_ports + 1),
         "S3_OSD_PORT_MIN": str(osd_ports),
         "S3_OSD_PORT_MAX": str(osd_ports + OSD_PORT_COUNT - 1),
+        # A whole run writes over 20 GiB, and RGW reclaims deleted objects only a
+        # minute or two later: at the default 16 GiB the OSD filled up (97%, "full
+        # status failsafe") after ~17 GiB of upload rows, and uploads then hung at RGW.
+        # A sparse file: it takes only what is written, and is purged afterwards.
+        "S3_BLOCK_SIZE": os.environ.get("S3_BLOCK_SIZE", "48G"),
     }
     log(f"starting the real S3 server in {data_dir} on port {port} (takes ~15-45 s)")
     try:
