@@ -59,6 +59,10 @@ class SigningKeys:
         self.service = service
         self._last: tuple[str, str, bytes] | None = None
 
+    def scope(self, day: str) -> str:
+        """The credential scope of ``day`` (``YYYYMMDD``)."""
+        return f"{day}/{self.region}/{self.service}/aws4_request"
+
     def key(self, secret_key: str, day: str) -> bytes:
         last = self._last
         if last is not None and last[0] == secret_key and last[1] == day:
@@ -103,7 +107,7 @@ def signed_headers(
         )
     )
     day = amz_date[:8]
-    scope = f"{day}/{keys.region}/{keys.service}/aws4_request"
+    scope = keys.scope(day)
     string_to_sign = "\n".join(
         (ALGORITHM, amz_date, scope, hashlib.sha256(canonical_request.encode()).hexdigest())
     )
@@ -153,8 +157,7 @@ class ChunkSigner:
         """The chunk signer of a request ``signed_headers`` signed for STREAMING_PAYLOAD."""
         amz_date = signed["X-Amz-Date"]
         day = amz_date[:8]
-        scope = f"{day}/{keys.region}/{keys.service}/aws4_request"
-        return cls(signature_of(signed), keys.key(secret_key, day), amz_date, scope)
+        return cls(signature_of(signed), keys.key(secret_key, day), amz_date, keys.scope(day))
 
     def frame_head(self, chunk: bytes | memoryview) -> bytes:
         """What goes before ``chunk`` (the empty one ends the body); CRLF follows it."""

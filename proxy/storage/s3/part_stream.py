@@ -84,7 +84,10 @@ class PartStreamer:
         while offset < size:
             n = min(CHUNK, size - offset)
             await part.until_stored(offset + n)
-            chunk = await _read(part, offset, n)
+            # One view of a block: a part starts at a block's start and CHUNK divides BLOCK.
+            chunk = await part.read_piece(offset, n)
+            if len(chunk) != n:
+                raise UpstreamError(f"the part gave {len(chunk)} of {n} bytes at {offset}")
             await self._send(sock, separator + signer.frame_head(chunk))
             await self._send(sock, chunk)
             separator = b"\r\n"
@@ -110,20 +113,3 @@ class PartStreamer:
                 await asyncio.get_running_loop().sock_sendall(sock, data)
         except TimeoutError as exc:
             raise UpstreamError(f"S3 took no byte for {self._read_timeout:g} s") from exc
-
-
-async def _read(part: PartBuffer, offset: int, n: int) -> memoryview:
-    """``n`` stored bytes at ``offset``: one view when they lie in one block (always,
-    for a part that started at a block's start), else gathered."""
-    piece = await part.read_piece(offset, n)
-    if len(piece) == n:
-        return piece
-    pieces = [bytes(piece)]
-    got = len(piece)
-    while got < n:
-        more = await part.read_piece(offset + got, n - got)
-        if not more:
-            raise ValueError(f"the part ended at {offset + got} of {offset + n} bytes")
-        pieces.append(bytes(more))
-        got += len(more)
-    return memoryview(b"".join(pieces))

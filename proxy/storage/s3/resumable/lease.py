@@ -206,13 +206,9 @@ class Lease:
                 await asyncio.wait([self._renewer])
             if self.state is None or self._lost or self._released or self.state.version is None:
                 return
-            released = replace(
-                self.state, backend={k: v for k, v in self.state.backend.items() if k != "lease"}
-            )
             try:
-                version = await self._records.put_state(released, if_match=self.state.version)
-                self.state, self._released = replace(released, version=version), True
-            except StateChanged:
+                await self._write(self.state, release=True)
+            except UploadLocked:
                 log.warning("upload %s was taken over before its lock was released", self.upload_id)
             except StorageError as exc:
                 log.warning(
