@@ -152,15 +152,23 @@ async def test_tuspy_upload_alternates_instances_and_every_location_is_nginxs(
     await wait_until(lambda: sum(patches_served(nginx_front, upload_id).values()) >= 5)
     served = patches_served(nginx_front, upload_id)
     assert sum(served.values()) == 5 and min(served.values()) >= 2, served
+
     # Every Location and Object-Location nginx sent the client (its access log records
     # them as sent), resolved as a client does against the URL it asked, is nginx's.
-    seen = [
-        (line.split()[2], value)
-        for line in nginx_front.access_log().splitlines()
-        if upload_id in line
-        for value in line.split('"')[3:6:2]
-        if value not in ("", "-")
-    ]
+    def locations_sent() -> list[tuple[str, str]]:
+        return [
+            (line.split()[2], value)
+            for line in nginx_front.access_log().splitlines()
+            if upload_id in line
+            for value in line.split('"')[3:6:2]
+            if value not in ("", "-")
+        ]
+
+    # nginx writes a request's line as it finishes it, which may be just after the
+    # client has the answer: wait for the last PATCH's.
+    with contextlib.suppress(TimeoutError):
+        await wait_until(lambda: len(locations_sent()) >= 2)
+    seen = locations_sent()
     assert len(seen) >= 2, nginx_front.access_log()  # the creation's Location, the last Object-Location
     for path, value in seen:
         resolved = urlsplit(urljoin(nginx_front.url + path, value))
